@@ -161,7 +161,8 @@ class TextDecoder(nn.Module):
         cross_kv: list[tuple[mx.array, mx.array]],
         kv_cache: list[tuple[mx.array, mx.array]] | None = None,
     ) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
-        """Logits for `tokens` (B, T) given cached keys/values; returns (logits, new kv_cache)."""
+        """Hidden states for `tokens` (B, T) given cached keys/values; returns (hidden, new kv_cache).
+        Apply `logits` to the rows that need them (usually only the last)."""
         offset = kv_cache[0][0].shape[2] if kv_cache else 0
         x = self.embed(tokens, offset).astype(self.ln.weight.dtype)
         t = tokens.shape[-1]
@@ -170,9 +171,10 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x, kv, _ = block(x, mask=mask, kv=kv_cache[i] if kv_cache else None, cross_kv=cross_kv[i])
             new_cache.append(kv)
-        return self.logits(x), new_cache
+        return x, new_cache
 
     def logits(self, x: mx.array) -> mx.array:
+        """Final layer norm, then scores over the vocabulary (tied to the token embedding)."""
         return self.token_embedding.as_linear(self.ln(x)).astype(mx.float32)
 
     def alignment_qk(self, tokens: mx.array, xa: mx.array, heads: list[tuple[int, int]]):
@@ -217,7 +219,8 @@ class Whisper(nn.Module):
         return self.encoder(mel.astype(self.encoder.conv1.weight.dtype))
 
     def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
-        return self.decoder(tokens, self.decoder.cross_kv(audio_features))[0]
+        hidden, _ = self.decoder(tokens, self.decoder.cross_kv(audio_features))
+        return self.decoder.logits(hidden)
 
     @property
     def is_multilingual(self) -> bool:

@@ -1,0 +1,224 @@
+"""Word-level timestamps: cross-attention of the alignment heads, median filter, DTW, then the
+reference's word merging and boundary fixes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .audio import HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
+from .model import Whisper
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class WordTiming:
+    word: str
+    tokens: list[int]
+    start: float
+    end: float
+    probability: float
+
+
+def median_filter(x: np.ndarray, filter_width: int) -> np.ndarray:
+    """Median over a sliding window of odd width along the last axis, reflect-padded."""
+    pad = filter_width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, filter_width, axis=-1)
+    return np.sort(windows, axis=-1)[..., pad]
+
+
+def dtw(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Monotonic minimum-cost path through x (N, M); returns (text_indices, time_indices).
+
+    Walks anti-diagonals (cells on one are independent) so NumPy does the inner loop; ties
+    break as in openai/whisper's dtw_cpu: diagonal, then up, then left.
+    """
+    n, m = x.shape
+    cost = np.full((n + 1, m + 1), np.inf, dtype=np.float64)
+    trace = np.full((n + 1, m + 1), -1, dtype=np.int8)
+    cost[0, 0] = 0
+    x = x.astype(np.float64)
+    for d in range(2, n + m + 1):
+        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
+        j = d - i
+        c0, c1, c2 = cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]
+        t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
+        cost[i, j] = x[i - 1, j - 1] + np.choose(t, [c0, c1, c2])
+        trace[i, j] = t
+    return _backtrace(trace)
+
+
+def _backtrace(trace: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    i, j = trace.shape[0] - 1, trace.shape[1] - 1
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    path = []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        step = trace[i, j]
+        if step == 0:
+            i, j = i - 1, j - 1
+        elif step == 1:
+            i -= 1
+        else:
+            j -= 1
+    result = np.array(path)[::-1].T
+    return result[0], result[1]
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def find_alignment(
+    model: Whisper,
+    tokenizer: Tokenizer,
+    text_tokens: list[int],
+    mel: mx.array,
+    num_frames: int,
+    *,
+    audio_features: mx.array | None = None,
+    medfilt_width: int = 7,
+    qk_scale: float = 1.0,
+) -> list[WordTiming]:
+    """Align text tokens to audio frames; `audio_features` (1, n_audio_ctx, n_audio_state) of
+    `mel`, when the caller has them, saves a second encoder pass."""
+    if len(text_tokens) == 0:
+        return []
+    tokens = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
+    if audio_features is None:
+        audio_features = model.embed_audio(mel[None])
+    logits, qks = model.decoder.alignment_qk(mx.array([tokens]), audio_features, model.alignment_heads)
+    start = len(tokenizer.sot_sequence)
+    sampled = np.array(logits[0, start:, : tokenizer.eot], dtype=np.float32)
+    token_probs = _softmax(sampled)
+    text_token_probs = token_probs[np.arange(len(text_tokens)), text_tokens].tolist()
+
+    weights = np.stack([np.array(qk[0].astype(mx.float32)) for qk in qks])  # (heads, T, S)
+    weights = weights[:, :, : num_frames // 2]
+    weights = _softmax(weights * qk_scale)
+    mean = weights.mean(axis=-2, keepdims=True)
+    std = weights.std(axis=-2, keepdims=True)
+    weights = median_filter((weights - mean) / std, medfilt_width)
+    matrix = weights.mean(axis=0)[start:-1]
+    text_indices, time_indices = dtw(-matrix)
+
+    words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
+    if len(word_tokens) <= 1:
+        return []
+    word_boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_indices[jumps] / TOKENS_PER_SECOND
+    start_times = jump_times[word_boundaries[:-1]]
+    end_times = jump_times[word_boundaries[1:]]
+    probabilities = [np.mean(text_token_probs[i:j]) for i, j in zip(word_boundaries[:-1], word_boundaries[1:])]
+    return [
+        WordTiming(word, toks, float(s), float(e), float(p))
+        for word, toks, s, e, p in zip(words, word_tokens, start_times, end_times, probabilities)
+    ]
+
+
+def merge_punctuations(alignment: list[WordTiming], prepended: str, appended: str) -> None:
+    """Attach opening punctuation to the next word and closing punctuation to the previous one."""
+    i, j = len(alignment) - 2, len(alignment) - 1
+    while i >= 0:
+        previous, following = alignment[i], alignment[j]
+        if previous.word.startswith(" ") and previous.word.strip() in prepended:
+            following.word = previous.word + following.word
+            following.tokens = previous.tokens + following.tokens
+            previous.word, previous.tokens = "", []
+        else:
+            j = i
+        i -= 1
+    i, j = 0, 1
+    while j < len(alignment):
+        previous, following = alignment[i], alignment[j]
+        if not previous.word.endswith(" ") and following.word in appended:
+            previous.word = previous.word + following.word
+            previous.tokens = previous.tokens + following.tokens
+            following.word, following.tokens = "", []
+        else:
+            i = j
+        j += 1
+
+
+def add_word_timestamps(
+    *,
+    segments: list[dict],
+    model: Whisper,
+    tokenizer: Tokenizer,
+    mel: mx.array,
+    num_frames: int,
+    prepend_punctuations: str = "\"'“¿([{-",
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
+    last_speech_timestamp: float,
+    **kwargs,
+) -> None:
+    """Give each segment a `words` list (word, start, end, probability), adjusting its bounds."""
+    if len(segments) == 0:
+        return
+    text_tokens_per_segment = [[t for t in s["tokens"] if t < tokenizer.eot] for s in segments]
+    text_tokens = list(itertools.chain.from_iterable(text_tokens_per_segment))
+    alignment = find_alignment(model, tokenizer, text_tokens, mel, num_frames, **kwargs)
+    word_durations = np.array([t.end - t.start for t in alignment])
+    word_durations = word_durations[word_durations.nonzero()]
+    median_duration = min(0.7, float(np.median(word_durations) if len(word_durations) > 0 else 0.0))
+    max_duration = median_duration * 2
+
+    # hack from openai/whisper: truncate long words at sentence boundaries
+    if len(word_durations) > 0:
+        sentence_end_marks = ".。!！?？"
+        for i in range(1, len(alignment)):
+            if alignment[i].end - alignment[i].start > max_duration:
+                if alignment[i].word in sentence_end_marks:
+                    alignment[i].end = alignment[i].start + max_duration
+                elif alignment[i - 1].word in sentence_end_marks:
+                    alignment[i].start = alignment[i].end - max_duration
+
+    merge_punctuations(alignment, prepend_punctuations, append_punctuations)
+    time_offset = segments[0]["seek"] * HOP_LENGTH / SAMPLE_RATE
+    word_index = 0
+    for segment, text_tokens in zip(segments, text_tokens_per_segment):
+        saved_tokens = 0
+        words = []
+        while word_index < len(alignment) and saved_tokens < len(text_tokens):
+            timing = alignment[word_index]
+            if timing.word:
+                words.append(
+                    dict(
+                        word=timing.word,
+                        start=round(time_offset + timing.start, 2),
+                        end=round(time_offset + timing.end, 2),
+                        probability=timing.probability,
+                    )
+                )
+            saved_tokens += len(timing.tokens)
+            word_index += 1
+        if len(words) > 0:
+            # a long first word after a pause is likely wrong: clip it to max_duration
+            if words[0]["end"] - last_speech_timestamp > median_duration * 4 and (
+                words[0]["end"] - words[0]["start"] > max_duration
+                or (len(words) > 1 and words[1]["end"] - words[0]["start"] > max_duration * 2)
+            ):
+                if len(words) > 1 and words[1]["end"] - words[1]["start"] > max_duration:
+                    boundary = max(words[1]["end"] / 2, words[1]["end"] - max_duration)
+                    words[0]["end"] = words[1]["start"] = boundary
+                words[0]["start"] = max(0, words[0]["end"] - max_duration)
+            # prefer the segment-level start/end when the words stray far from them
+            if segment["start"] < words[0]["end"] and segment["start"] - 0.5 > words[0]["start"]:
+                words[0]["start"] = max(0, min(words[0]["end"] - median_duration, segment["start"]))
+            else:
+                segment["start"] = words[0]["start"]
+            if segment["end"] > words[-1]["start"] and segment["end"] + 0.5 < words[-1]["end"]:
+                words[-1]["end"] = max(words[-1]["start"] + median_duration, segment["end"])
+            else:
+                segment["end"] = words[-1]["end"]
+            last_speech_timestamp = segment["end"]
+        segment["words"] = words

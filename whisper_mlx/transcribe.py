@@ -1,0 +1,387 @@
+"""Long-form transcription: openai-whisper's 30 s seek loop with temperature fallback, prompts,
+clip ranges, word timestamps and hallucination skipping, on an MLX model."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import tqdm
+
+from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_mel, pad_or_trim
+from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .load import load_model
+from .model import Whisper
+from .timing import add_word_timestamps
+from .tokenizer import LANGUAGES, get_tokenizer
+from .writers import format_timestamp
+
+_PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
+_loaded: dict[tuple, Whisper] = {}
+_locks: dict[int, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _model_lock(model: Whisper) -> threading.Lock:
+    """One lock per model: concurrent transcribe calls on a shared model run one at a time."""
+    with _locks_guard:
+        return _locks.setdefault(id(model), threading.Lock())
+
+
+def _cached_model(path_or_hf_repo: str, dtype) -> Whisper:
+    """The last model loaded by name, reused across calls (loading costs more than a short clip)."""
+    key = (str(path_or_hf_repo), str(dtype))
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = load_model(path_or_hf_repo, dtype=dtype)
+    return _loaded[key]
+
+
+def transcribe(
+    audio: str | Path | np.ndarray | mx.array,
+    *,
+    path_or_hf_repo: str = "tiny.en",
+    model: Whisper | None = None,
+    dtype=None,
+    verbose: bool | None = None,
+    temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    compression_ratio_threshold: float | None = 2.4,
+    logprob_threshold: float | None = -1.0,
+    no_speech_threshold: float | None = 0.6,
+    condition_on_previous_text: bool = True,
+    initial_prompt: str | None = None,
+    carry_initial_prompt: bool = False,
+    word_timestamps: bool = False,
+    prepend_punctuations: str = "\"'“¿([{-",
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
+    clip_timestamps: str | list[float] = "0",
+    hallucination_silence_threshold: float | None = None,
+    **decode_options,
+) -> dict:
+    """Transcribe an audio file or 16 kHz mono array with a Whisper model.
+
+    audio: a path (any format FFmpeg reads) or a float32 waveform at 16 kHz.
+    path_or_hf_repo: a model directory, a Hub repo id or a zoo short name (`tiny.en-4bit`);
+        ignored when `model` (from `load_model`) is given.
+    verbose: True prints each segment, False shows a progress bar, None is silent.
+    temperature: a value or a tuple of fallbacks, tried in order when a window's result is too
+        repetitive (compression_ratio_threshold) or too unlikely (logprob_threshold).
+    no_speech_threshold: with avg logprob under logprob_threshold, a window whose no-speech
+        probability exceeds this is treated as silence and skipped.
+    condition_on_previous_text: feed the previous window's text as the prompt.
+    initial_prompt: text given as context to the first window (carry_initial_prompt: to all).
+    word_timestamps: add per-word start/end/probability from cross-attention alignment (DTW).
+    prepend_punctuations / append_punctuations: punctuation merged into the next / previous word.
+    clip_timestamps: "start,end,start,end,..." seconds (or a list) of the ranges to process.
+    hallucination_silence_threshold: with word_timestamps, skip silent gaps longer than this
+        (seconds) around suspected hallucinations.
+    decode_options: DecodingOptions fields — language, task ("transcribe" | "translate"),
+        without_timestamps, suppress_tokens, suppress_blank, sample_len, best_of, beam_size,
+        patience, length_penalty, prefix, max_initial_timestamp.
+
+    Returns {"text", "segments", "language"}; each segment has id, seek, start, end, text,
+    tokens, temperature, avg_logprob, compression_ratio, no_speech_prob (and words).
+    Calls that share a model are serialized (the kv caches and MLX graph are per call).
+    """
+    if model is None:
+        model = _cached_model(path_or_hf_repo, dtype)
+    with _model_lock(model):
+        return _transcribe(
+            model,
+            audio,
+            verbose=verbose,
+            temperature=temperature,
+            compression_ratio_threshold=compression_ratio_threshold,
+            logprob_threshold=logprob_threshold,
+            no_speech_threshold=no_speech_threshold,
+            condition_on_previous_text=condition_on_previous_text,
+            initial_prompt=initial_prompt,
+            carry_initial_prompt=carry_initial_prompt,
+            word_timestamps=word_timestamps,
+            prepend_punctuations=prepend_punctuations,
+            append_punctuations=append_punctuations,
+            clip_timestamps=clip_timestamps,
+            hallucination_silence_threshold=hallucination_silence_threshold,
+            decode_options=decode_options,
+        )
+
+
+def _decode_with_fallback(model, segment, decode_options, temperature, compression_ratio_threshold,
+                          logprob_threshold, no_speech_threshold) -> DecodingResult:
+    temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+    result = None
+    for t in temperatures:
+        kwargs = {**decode_options}
+        if t > 0:
+            kwargs.pop("beam_size", None)
+            kwargs.pop("patience", None)
+        else:
+            kwargs.pop("best_of", None)
+        result = decode(model, segment, DecodingOptions(**kwargs, temperature=t))
+        needs_fallback = False
+        if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+            needs_fallback = True  # too repetitive
+        if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
+            needs_fallback = True  # too unlikely
+        if (
+            no_speech_threshold is not None
+            and result.no_speech_prob > no_speech_threshold
+            and logprob_threshold is not None
+            and result.avg_logprob < logprob_threshold
+        ):
+            needs_fallback = False  # silence
+        if not needs_fallback:
+            break
+    return result
+
+
+def _word_anomaly_score(word: dict) -> float:
+    probability = word.get("probability", 0.0)
+    duration = word["end"] - word["start"]
+    score = 0.0
+    if probability < 0.15:
+        score += 1.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_segment_anomaly(segment: dict | None) -> bool:
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in _PUNCTUATION][:8]
+    score = sum(_word_anomaly_score(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_words_segment(segments: list[dict]) -> dict | None:
+    return next((s for s in segments if s["words"]), None)
+
+
+def _get_end(segments: list[dict]) -> float | None:
+    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])), segments[-1]["end"] if segments else None)
+
+
+def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_ratio_threshold, logprob_threshold,
+                no_speech_threshold, condition_on_previous_text, initial_prompt, carry_initial_prompt,
+                word_timestamps, prepend_punctuations, append_punctuations, clip_timestamps,
+                hallucination_silence_threshold, decode_options) -> dict:
+    decode_options.pop("fp16", None)
+    mel = load_mel(audio, model.dims.n_mels)
+    content_frames = mel.content_frames
+    content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
+
+    if decode_options.get("language") is None:
+        if not model.is_multilingual:
+            decode_options["language"] = "en"
+        else:
+            if verbose:
+                print("Detecting language using up to the first 30 seconds. Use `--language` to specify the language")
+            _, probs = detect_language(model, pad_or_trim(mel.segment(0, N_FRAMES), N_FRAMES, axis=0))
+            decode_options["language"] = max(probs, key=probs.get)
+            if verbose is not None:
+                print(f"Detected language: {LANGUAGES[decode_options['language']].title()}")
+    language: str = decode_options["language"]
+    task: str = decode_options.get("task", "transcribe")
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language, task=task)
+
+    if isinstance(clip_timestamps, str):
+        clip_timestamps = [float(ts) for ts in (clip_timestamps.split(",") if clip_timestamps else [])]
+    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps]
+    if not seek_points:
+        seek_points.append(0)
+    if len(seek_points) % 2 == 1:
+        seek_points.append(content_frames)
+    seek_clips = list(zip(seek_points[::2], seek_points[1::2]))
+
+    if word_timestamps and task == "translate":
+        warnings.warn("Word-level timestamps on translations may not be reliable.")
+
+    clip_idx = 0
+    seek = seek_clips[clip_idx][0]
+    input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token: 2
+    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per output token: 0.02
+    all_tokens: list[int] = []
+    all_segments: list[dict] = []
+    prompt_reset_since = 0
+    remaining_prompt_length = model.dims.n_text_ctx // 2 - 1
+    initial_prompt_tokens: list[int] = []
+    if initial_prompt is not None:
+        initial_prompt_tokens = tokenizer.encode(" " + initial_prompt.strip())
+        all_tokens.extend(initial_prompt_tokens)
+        remaining_prompt_length -= len(initial_prompt_tokens)
+
+    def new_segment(*, start: float, end: float, tokens: np.ndarray, result: DecodingResult) -> dict:
+        tokens = tokens.tolist()
+        return {
+            "seek": seek,
+            "start": start,
+            "end": end,
+            "text": tokenizer.decode([t for t in tokens if t < tokenizer.eot]),
+            "tokens": tokens,
+            "temperature": result.temperature,
+            "avg_logprob": result.avg_logprob,
+            "compression_ratio": result.compression_ratio,
+            "no_speech_prob": result.no_speech_prob,
+        }
+
+    with tqdm.tqdm(total=content_frames, unit="frames", disable=verbose is not False) as pbar:
+        last_speech_timestamp = 0.0
+        while clip_idx < len(seek_clips):
+            seek_clip_start, seek_clip_end = seek_clips[clip_idx]
+            if seek < seek_clip_start:
+                seek = seek_clip_start
+            if seek >= seek_clip_end:
+                clip_idx += 1
+                if clip_idx < len(seek_clips):
+                    seek = seek_clips[clip_idx][0]
+                continue
+            time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
+            window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
+            segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
+            segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+            mel_segment = pad_or_trim(mel.segment(seek, segment_size), N_FRAMES, axis=0)
+
+            if carry_initial_prompt:
+                nignored = max(len(initial_prompt_tokens), prompt_reset_since)
+                decode_options["prompt"] = initial_prompt_tokens + all_tokens[nignored:][-remaining_prompt_length:]
+            else:
+                decode_options["prompt"] = all_tokens[prompt_reset_since:]
+            result = _decode_with_fallback(model, mel_segment, decode_options, temperature,
+                                           compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+            tokens = np.array(result.tokens, dtype=np.int64)
+
+            if no_speech_threshold is not None:
+                should_skip = result.no_speech_prob > no_speech_threshold
+                if logprob_threshold is not None and result.avg_logprob > logprob_threshold:
+                    should_skip = False  # the text is confident despite the no-speech score
+                if should_skip:
+                    seek += segment_size
+                    continue
+
+            previous_seek = seek
+            current_segments: list[dict] = []
+            is_ts = tokens >= tokenizer.timestamp_begin
+            single_timestamp_ending = is_ts[-2:].tolist() == [False, True]
+            consecutive = np.nonzero(is_ts[:-1] & is_ts[1:])[0] + 1
+            if len(consecutive) > 0:
+                slices = consecutive.tolist()
+                if single_timestamp_ending:
+                    slices.append(len(tokens))
+                last_slice = 0
+                for current_slice in slices:
+                    sliced = tokens[last_slice:current_slice]
+                    start_pos = int(sliced[0]) - tokenizer.timestamp_begin
+                    end_pos = int(sliced[-1]) - tokenizer.timestamp_begin
+                    current_segments.append(
+                        new_segment(
+                            start=time_offset + start_pos * time_precision,
+                            end=time_offset + end_pos * time_precision,
+                            tokens=sliced,
+                            result=result,
+                        )
+                    )
+                    last_slice = current_slice
+                if single_timestamp_ending:
+                    seek += segment_size
+                else:
+                    seek += (int(tokens[last_slice - 1]) - tokenizer.timestamp_begin) * input_stride
+            else:
+                duration = segment_duration
+                timestamps = tokens[is_ts]
+                if len(timestamps) > 0 and int(timestamps[-1]) != tokenizer.timestamp_begin:
+                    duration = (int(timestamps[-1]) - tokenizer.timestamp_begin) * time_precision
+                current_segments.append(new_segment(start=time_offset, end=time_offset + duration, tokens=tokens, result=result))
+                seek += segment_size
+
+            if word_timestamps:
+                add_word_timestamps(
+                    segments=current_segments,
+                    model=model,
+                    tokenizer=tokenizer,
+                    mel=mel_segment,
+                    num_frames=segment_size,
+                    prepend_punctuations=prepend_punctuations,
+                    append_punctuations=append_punctuations,
+                    last_speech_timestamp=last_speech_timestamp,
+                    audio_features=result.audio_features[None],
+                )
+                if not single_timestamp_ending:
+                    last_word_end = _get_end(current_segments)
+                    if last_word_end is not None and last_word_end > time_offset:
+                        seek = round(last_word_end * FRAMES_PER_SECOND)
+
+                if hallucination_silence_threshold is not None:
+                    threshold = hallucination_silence_threshold
+                    if not single_timestamp_ending:
+                        last_word_end = _get_end(current_segments)
+                        if last_word_end is not None and last_word_end > time_offset:
+                            remaining_duration = window_end_time - last_word_end
+                            if remaining_duration > threshold:
+                                seek = round(last_word_end * FRAMES_PER_SECOND)
+                            else:
+                                seek = previous_seek + segment_size
+                    first_segment = _next_words_segment(current_segments)
+                    if first_segment is not None and _is_segment_anomaly(first_segment):
+                        gap = first_segment["start"] - time_offset
+                        if gap > threshold:
+                            seek = previous_seek + round(gap * FRAMES_PER_SECOND)
+                            continue
+                    hal_last_end = last_speech_timestamp
+                    for si in range(len(current_segments)):
+                        segment = current_segments[si]
+                        if not segment["words"]:
+                            continue
+                        if _is_segment_anomaly(segment):
+                            next_segment = _next_words_segment(current_segments[si + 1 :])
+                            if next_segment is not None:
+                                hal_next_start = next_segment["words"][0]["start"]
+                            else:
+                                hal_next_start = time_offset + segment_duration
+                            silence_before = (
+                                segment["start"] - hal_last_end > threshold
+                                or segment["start"] < threshold
+                                or segment["start"] - time_offset < 2.0
+                            )
+                            silence_after = (
+                                hal_next_start - segment["end"] > threshold
+                                or _is_segment_anomaly(next_segment)
+                                or window_end_time - segment["end"] < 2.0
+                            )
+                            if silence_before and silence_after:
+                                seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
+                                if content_duration - segment["end"] < threshold:
+                                    seek = content_frames
+                                current_segments[si:] = []
+                                break
+                        hal_last_end = segment["end"]
+                last_word_end = _get_end(current_segments)
+                if last_word_end is not None:
+                    last_speech_timestamp = last_word_end
+
+            if verbose:
+                for segment in current_segments:
+                    line = f"[{format_timestamp(segment['start'])} --> {format_timestamp(segment['end'])}] {segment['text']}"
+                    print(line.encode(errors="replace").decode())
+
+            for segment in current_segments:
+                if segment["start"] == segment["end"] or segment["text"].strip() == "":
+                    segment["text"] = ""
+                    segment["tokens"] = []
+                    segment["words"] = []
+            all_segments.extend({"id": i, **s} for i, s in enumerate(current_segments, start=len(all_segments)))
+            all_tokens.extend(t for s in current_segments for t in s["tokens"])
+            if not condition_on_previous_text or result.temperature > 0.5:
+                prompt_reset_since = len(all_tokens)
+            pbar.update(min(content_frames, seek) - previous_seek)
+
+    return dict(
+        text=tokenizer.decode(all_tokens[len(initial_prompt_tokens) :]),
+        segments=all_segments,
+        language=language,
+    )
