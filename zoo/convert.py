@@ -1,0 +1,163 @@
+"""Checkpoint → model directory (config.json + weights.safetensors), as docs/FORMAT.md specifies.
+
+Steps: rename is already done by the source (OpenAI names); here: conv layout, dtype, optional
+MLX affine quantization, then an atomic write (temp dir beside the target, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from whisper_mlx import backend  # noqa: F401  (before mlx.core: optimized BLAS)
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from whisper_mlx.model import ModelDimensions, Whisper
+
+from . import CONVERTER_VERSION
+from .sources import DIM_FIELDS, Checkpoint
+
+DTYPES = {"float16": mx.float16, "float32": mx.float32, "bfloat16": mx.bfloat16}
+Q_BITS = (2, 3, 4, 5, 6, 8)
+Q_GROUP_SIZES = (32, 64, 128)
+
+
+class ConvertError(ValueError):
+    """Bad conversion parameters; the message names the parameter."""
+
+
+def check_params(dtype: str, q_bits: int | None, q_group_size: int) -> None:
+    """Refuse a dtype or quantization MLX cannot produce."""
+    if dtype not in DTYPES:
+        raise ConvertError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if q_bits is not None and q_bits not in Q_BITS:
+        raise ConvertError(f"q_bits: {q_bits} is not one of {Q_BITS}")
+    if q_bits is not None and q_group_size not in Q_GROUP_SIZES:
+        raise ConvertError(f"q_group_size: {q_group_size} is not one of {Q_GROUP_SIZES}")
+
+
+def mlx_weights(ckpt: Checkpoint, dtype: str) -> dict[str, mx.array]:
+    """OpenAI arrays → MLX arrays in `dtype`, conv weights moved to MLX layout (out, k, in)."""
+    out = {}
+    for name, value in ckpt.state_dict.items():
+        if value.ndim == 3 and name.endswith(".weight"):
+            value = value.transpose(0, 2, 1)
+        out[name] = mx.array(value).astype(DTYPES[dtype])
+    return out
+
+
+def build_model(ckpt: Checkpoint, dtype: str, q_bits: int | None = None, q_group_size: int = 64) -> Whisper:
+    """A `Whisper` holding the checkpoint's weights (strict load), quantized when q_bits is set."""
+    model = Whisper(ModelDimensions(**{k: int(ckpt.dims[k]) for k in DIM_FIELDS}))
+    model.load_weights(list(mlx_weights(ckpt, dtype).items()), strict=True)
+    if q_bits is not None:
+        nn.quantize(
+            model,
+            group_size=q_group_size,
+            bits=q_bits,
+            class_predicate=lambda _, m: isinstance(m, (nn.Linear, nn.Embedding))
+            and m.weight.shape[-1] % q_group_size == 0,
+        )
+    return model
+
+
+def model_config(
+    ckpt: Checkpoint, dtype: str, q_bits: int | None, q_group_size: int, name: str | None, extra: dict | None
+) -> dict:
+    """config.json contents: flat dims, alignment heads, dtype, quantization, name, converter version."""
+    config: dict = {"model_type": "whisper"}
+    config.update({k: int(ckpt.dims[k]) for k in DIM_FIELDS})
+    config["alignment_heads"] = ckpt.alignment_heads
+    config["dtype"] = dtype
+    config["quantization"] = {"group_size": q_group_size, "bits": q_bits} if q_bits is not None else None
+    config["name"] = name
+    config["converter_version"] = CONVERTER_VERSION
+    config.update(extra or {})
+    return config
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a temp dir beside `out_dir`; on success it replaces `out_dir` by rename, else vanishes."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, old / "x")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_dir(model: Whisper, config: dict, out_dir: Path) -> None:
+    """Write config.json and weights.safetensors into an existing directory."""
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(out_dir / "weights.safetensors"), weights, metadata={"format": "mlx"})
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def convert(
+    ckpt: Checkpoint,
+    out_dir: Path,
+    dtype: str = "float16",
+    q_bits: int | None = None,
+    q_group_size: int = 64,
+    name: str | None = None,
+    extra_config: dict | None = None,
+) -> Path:
+    """Write `ckpt` as a model directory at `out_dir` (atomically); returns `out_dir`."""
+    check_params(dtype, q_bits, q_group_size)
+    out_dir = Path(out_dir)
+    model = build_model(ckpt, dtype, q_bits, q_group_size)
+    config = model_config(ckpt, dtype, q_bits, q_group_size, name, extra_config)
+    with atomic_dir(out_dir) as tmp:
+        write_model_dir(model, config, tmp)
+    return out_dir
+
+
+def convert_size(
+    size: str,
+    out_dir: Path,
+    dtype: str = "float16",
+    q_bits: int | None = None,
+    q_group_size: int = 64,
+    manifests_dir: Path | None = None,
+) -> Path:
+    """Convert a model family by name (e.g. "tiny.en") from its first available manifest source."""
+    from .manifest import find_family
+    from .sources import load_first_available
+
+    check_params(dtype, q_bits, q_group_size)
+    family = find_family(size, manifests_dir)
+    ckpt = load_first_available(family)
+    if ckpt.alignment_heads is None:
+        ckpt.alignment_heads = family.alignment_heads
+    suffix = f"{q_bits}bit" if q_bits else {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}[dtype]
+    return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=f"{family.family}-{suffix}")
+
+
+def convert_pt(
+    pt_path: Path, out_dir: Path, dtype: str = "float16", q_bits: int | None = None, q_group_size: int = 64
+) -> Path:
+    """Convert a local OpenAI-format .pt (alignment heads: the runtime's default)."""
+    from .sources import pt
+
+    check_params(dtype, q_bits, q_group_size)
+    ckpt = pt.load(pt_path)
+    return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=Path(pt_path).stem)
