@@ -1,0 +1,295 @@
+"""Publish built variants (DIR/NAME/: the model directory + card, eval.json, checksums.json) to the Hub.
+
+A variant is published only if its build is complete and current (checksums.json matches the files)
+and its gates passed (eval.json). The remote is compared file by file (sha256 against LFS oids, git
+blob ids for small files) and only what changed goes up, in ONE commit whose parent is the head we
+compared against, so the remote is either unchanged or fully updated. Transient network failures
+are retried with backoff, re-comparing first (a commit whose answer was lost is not made twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+BUILT_FILES = ("config.json", "weights.safetensors", "README.md", "eval.json", "checksums.json")
+RETRY_STATUS = (408, 412, 429, 500, 502, 503, 504)  # 412: the branch moved under us -> compare again
+
+
+class PublishError(RuntimeError):
+    """A variant that cannot (or must not) be published; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to publish, with the digests the Hub reports (sha256 for LFS, git blob sha1 otherwise)."""
+
+    path_in_repo: str
+    local: Path
+    size: int
+    sha256: str
+    git_sha1: str
+
+
+@dataclass(frozen=True)
+class FileChange:
+    file: LocalFile
+    action: Literal["create", "update", "unchanged"]
+
+
+@dataclass
+class Plan:
+    """What publishing one variant does to its repo."""
+
+    name: str
+    repo_id: str
+    repo_exists: bool
+    head: str | None  # the commit compared against
+    changes: list[FileChange] = field(default_factory=list)
+    commit: str | None = None  # set once pushed
+
+    @property
+    def uploads(self) -> list[LocalFile]:
+        return [c.file for c in self.changes if c.action != "unchanged"]
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file, read once in chunks."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(chunk)
+            sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PublishError(f"{path}: cannot read ({e})") from None
+    if not isinstance(data, dict):
+        raise PublishError(f"{path}: expected a JSON object")
+    return data
+
+
+def gate_failures(eval_data: dict) -> list[str]:
+    """Names of failed gates in eval.json (`passed` at the top, and per gate/clip entries)."""
+    failed = []
+    for key in ("gates", "variants"):
+        entries = eval_data.get(key)
+        items = entries.items() if isinstance(entries, dict) else enumerate(entries or [])
+        for k, entry in items:
+            if isinstance(entry, dict) and entry.get("passed") is False:
+                failed.append(str(entry.get("name", k)))
+            elif entry is False:
+                failed.append(str(k))
+    if eval_data.get("passed") is False and not failed:
+        failed.append("passed: false")
+    return failed
+
+
+def check_built(variant_dir: Path) -> list[LocalFile]:
+    """The files of a complete, current, gate-passing build; PublishError saying why otherwise."""
+    if not variant_dir.is_dir():
+        raise PublishError(f"{variant_dir}: not built (no such directory)")
+    missing = [n for n in BUILT_FILES if not (variant_dir / n).is_file()]
+    if missing:
+        raise PublishError(f"{variant_dir / missing[0]}: missing; the build is incomplete (missing: {', '.join(missing)})")
+    eval_data = _read_json(variant_dir / "eval.json")
+    if "passed" not in eval_data:
+        raise PublishError(f"{variant_dir / 'eval.json'}: field 'passed' missing; not a gate result")
+    failed = gate_failures(eval_data)
+    if failed or eval_data["passed"] is not True:
+        raise PublishError(f"{variant_dir / 'eval.json'}: gates failed ({', '.join(failed) or 'passed is not true'}); refusing to publish")
+    sums = _read_json(variant_dir / "checksums.json").get("files")
+    if not isinstance(sums, dict) or not sums:
+        raise PublishError(f"{variant_dir / 'checksums.json'}: field 'files' must map file names to sha256")
+    files = []
+    for name in sorted(p.name for p in variant_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        sha256, sha1 = file_digests(variant_dir / name)
+        if name != "checksums.json":
+            expected = sums.get(name)
+            expected = expected.get("sha256") if isinstance(expected, dict) else expected
+            if expected is None:
+                raise PublishError(f"{variant_dir / name}: not listed in checksums.json; the build is stale")
+            if expected != sha256:
+                raise PublishError(f"{variant_dir / name}: sha256 {sha256[:12]}… does not match checksums.json ({str(expected)[:12]}…); the build is stale")
+        files.append(LocalFile(name, variant_dir / name, (variant_dir / name).stat().st_size, sha256, sha1))
+    gone = sorted(set(sums) - {f.path_in_repo for f in files})
+    if gone:
+        raise PublishError(f"{variant_dir / gone[0]}: listed in checksums.json but missing; the build is incomplete")
+    return files
+
+
+def _api(endpoint: str | None = None):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint)
+
+
+def plan(name: str, files: list[LocalFile], repo_id: str, api=None, revision: str = "main") -> Plan:
+    """Compare local files with the repo's files at `revision` (read-only)."""
+    from huggingface_hub import RepoFile
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    api = api or _api()
+    try:
+        head = api.repo_info(repo_id, revision=revision).sha
+    except RepositoryNotFoundError:
+        return Plan(name, repo_id, False, None, [FileChange(f, "create") for f in files])
+    except RevisionNotFoundError:
+        raise PublishError(f"{repo_id}: no branch {revision!r}") from None
+    remote = {e.path: e for e in api.list_repo_tree(repo_id, recursive=True, revision=head) if isinstance(e, RepoFile)}
+    changes = []
+    for f in files:
+        entry = remote.get(f.path_in_repo)
+        if entry is None:
+            changes.append(FileChange(f, "create"))
+        elif (entry.lfs.sha256 if entry.lfs else None) == f.sha256 or (not entry.lfs and entry.blob_id == f.git_sha1):
+            changes.append(FileChange(f, "unchanged"))
+        else:
+            changes.append(FileChange(f, "update"))
+    return Plan(name, repo_id, True, head, changes)
+
+
+def push(p: Plan, api=None, revision: str = "main") -> str | None:
+    """Create the repo if needed and commit the plan's uploads in one commit on top of `p.head`."""
+    from huggingface_hub import CommitOperationAdd
+
+    api = api or _api()
+    if not p.uploads:
+        return p.head
+    head = p.head
+    if not p.repo_exists:
+        api.create_repo(p.repo_id, exist_ok=True)
+        head = api.repo_info(p.repo_id, revision=revision).sha
+    summary = "\n".join(f"{f.path_in_repo}: sha256 {f.sha256} ({f.size} bytes)" for f in p.uploads)
+    info = api.create_commit(
+        p.repo_id,
+        [CommitOperationAdd(f.path_in_repo, str(f.local)) for f in p.uploads],
+        commit_message=f"Publish {p.name}: {', '.join(f.path_in_repo for f in p.uploads)}",
+        commit_description=summary,
+        revision=revision,
+        parent_commit=head,
+    )
+    return info.oid
+
+
+def _transient(error: BaseException) -> bool:
+    """Network trouble or a Hub hiccup worth retrying (anywhere in the exception chain)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        import httpx2 as httpx
+    except ImportError:  # huggingface_hub < 2 uses httpx/requests
+        import httpx  # type: ignore[no-redef]
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else None
+            return status in RETRY_STATUS
+        if isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def publish(
+    variant_dir: Path,
+    repo_id: str,
+    *,
+    name: str | None = None,
+    dry_run: bool = False,
+    api=None,
+    revision: str = "main",
+    attempts: int = 5,
+    retry_wait: float = 2.0,
+    log: Callable[[str], None] = print,
+) -> Plan:
+    """Publish one built variant directory to `repo_id`; returns the (executed) plan."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    files = check_built(variant_dir)
+    name = name or variant_dir.name
+    api = api or _api()
+    if not dry_run and api.token is None:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise PublishError(f"{repo_id}: no Hub token (set HF_TOKEN or run `hf auth login`)")
+    for attempt in range(1, attempts + 1):
+        try:
+            p = plan(name, files, repo_id, api, revision)
+            if attempt == 1 or dry_run:
+                log(describe(p, dry_run))
+            if dry_run:
+                return p
+            p.commit = push(p, api, revision)
+            log(f"  {'committed ' + str(len(p.uploads)) + ' file(s) as ' + str(p.commit) if p.uploads else 'up to date, nothing uploaded'}")
+            return p
+        except PublishError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below; anything not transient is reported
+            if not _transient(e) or attempt == attempts:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code in (401, 403):
+                    msg = f"not allowed ({e.response.status_code}): check the token's write access to the org"
+                raise PublishError(f"{repo_id}: {msg} (after {attempt} attempt(s); remote left unchanged or complete)") from e
+            wait = min(retry_wait * 2 ** (attempt - 1), 30.0)
+            log(f"  attempt {attempt} failed ({type(e).__name__}); retrying in {wait:g}s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def describe(p: Plan, dry_run: bool = False) -> str:
+    """The plan, file by file: action, path, size and sha256."""
+    head = f"{p.name} -> {p.repo_id}" + ("" if p.repo_exists else " (new repo, would be created)" if dry_run else " (new repo)")
+    lines = [head]
+    for c in p.changes:
+        lines.append(f"  {c.action:<9} {c.file.path_in_repo:<22} {c.file.size:>12} bytes  sha256 {c.file.sha256}")
+    if dry_run:
+        lines.append(f"  dry run: {len(p.uploads)} file(s) would be uploaded in one commit" if p.uploads else "  dry run: up to date")
+    return "\n".join(lines)
+
+
+def target_repo(repo_id: str, org: str | None) -> str:
+    """The manifest's repo id, moved to another org when one is given."""
+    return f"{org}/{repo_id.split('/', 1)[1]}" if org else repo_id
+
+
+def publish_variants(
+    names: list[str],
+    build_dir: Path,
+    *,
+    org: str | None = None,
+    dry_run: bool = False,
+    attempts: int = 5,
+    retry_wait: float = 2.0,
+    manifests_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+    err: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> int:
+    """Publish each named variant (all manifests' variants if `names` is empty); the number refused or failed."""
+    from .manifest import variants
+
+    by_name = {v.name: v for v in variants(manifests_dir)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        err(f"{manifests_dir or 'manifests/'}: no variant {unknown[0]!r} (see tools/build.py --list)")
+        return len(unknown)
+    failures = 0
+    for n in names or list(by_name):
+        try:
+            publish(build_dir / n, target_repo(by_name[n].repo_id, org), name=n, dry_run=dry_run,
+                    attempts=attempts, retry_wait=retry_wait, log=log)
+        except PublishError as e:
+            err(f"refused {n}: {e}" if "attempt" not in str(e) else f"failed {n}: {e}")
+            failures += 1
+    return failures
