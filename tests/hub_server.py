@@ -15,9 +15,12 @@ import base64
 import fnmatch
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -590,3 +593,63 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(206, raw=data[start:], headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
             return
         self._send(200, raw=data, headers={"ETag": f'"{oid}"'})
+
+
+# ---- helpers for tests that run the real client in a subprocess ------------------------------------
+# huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE and HF_HUB_DISABLE_XET when it is imported,
+# so code under test runs in a fresh interpreter with the environment pointing at this server.
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def client_env(hub: HubServer, hf_home: Path, offline: bool = False, **extra: str) -> dict[str, str]:
+    """Environment for a client process: this server, its token, a private HF_HOME, plain LFS uploads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_", "WHISPER_MLX_ZOO_ORG"))}
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_TOKEN=hub.token,
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command from the repository root, capturing text output."""
+    return subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def publish_cli(hub: HubServer, hf_home: Path, build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """tools/publish.py against this server."""
+    return run([PYTHON, "tools/publish.py", *args, "--build-dir", str(build_dir), "--retry-wait", "0.05"],
+               client_env(hub, hf_home, **env))
+
+
+_INTERIM_BUILD = r"""
+import hashlib, json, sys
+from pathlib import Path
+from zoo.convert import convert_size
+out = Path(sys.argv[1]) / sys.argv[2]
+convert_size("tiny.en", out, "float16", 4, 64)
+(out / "README.md").write_text("---\nlibrary_name: mlx\nlicense: mit\n---\n# whisper-tiny.en-4bit\n")
+(out / "eval.json").write_text(json.dumps({"variant": sys.argv[2], "passed": True, "checks": []}))
+sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+(out / "checksums.json").write_text(json.dumps({"files": sums, "provenance": {}}, indent=2))
+"""
+
+
+def build_variant(build_dir: Path, name: str = "tiny.en-4bit") -> Path:
+    """A built variant directory DIR/NAME/ (built once per DIR)."""
+    out = build_dir / name
+    if not (out / "eval.json").is_file():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"PYTHONPATH": str(REPO_ROOT)}
+        done = run([PYTHON, "-c", _INTERIM_BUILD, str(build_dir), name], env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out

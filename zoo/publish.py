@@ -22,7 +22,11 @@ RETRY_STATUS = (408, 412, 429, 500, 502, 503, 504)  # 412: the branch moved unde
 
 
 class PublishError(RuntimeError):
-    """A variant that cannot (or must not) be published; the message names the file and the reason."""
+    """A variant that must not be published (refused); the message names the file and the reason."""
+
+
+class PushError(PublishError):
+    """Publishing was attempted and failed (network, permissions); the remote is unchanged or complete."""
 
 
 @dataclass(frozen=True)
@@ -79,18 +83,11 @@ def _read_json(path: Path) -> dict:
 
 
 def gate_failures(eval_data: dict) -> list[str]:
-    """Names of failed gates in eval.json (`passed` at the top, and per gate/clip entries)."""
-    failed = []
-    for key in ("gates", "variants"):
-        entries = eval_data.get(key)
-        items = entries.items() if isinstance(entries, dict) else enumerate(entries or [])
-        for k, entry in items:
-            if isinstance(entry, dict) and entry.get("passed") is False:
-                failed.append(str(entry.get("name", k)))
-            elif entry is False:
-                failed.append(str(k))
-    if eval_data.get("passed") is False and not failed:
-        failed.append("passed: false")
+    """Names of the failed checks in eval.json (zoo.gates writes `passed` and `checks: [{name, passed}]`)."""
+    checks = eval_data.get("checks") or []
+    failed = [str(c.get("name", "?")) for c in checks if isinstance(c, dict) and c.get("passed") is not True]
+    if eval_data.get("passed") is not True and not failed:
+        failed.append(f"passed: {eval_data.get('passed')!r}")
     return failed
 
 
@@ -105,8 +102,8 @@ def check_built(variant_dir: Path) -> list[LocalFile]:
     if "passed" not in eval_data:
         raise PublishError(f"{variant_dir / 'eval.json'}: field 'passed' missing; not a gate result")
     failed = gate_failures(eval_data)
-    if failed or eval_data["passed"] is not True:
-        raise PublishError(f"{variant_dir / 'eval.json'}: gates failed ({', '.join(failed) or 'passed is not true'}); refusing to publish")
+    if failed:
+        raise PublishError(f"{variant_dir / 'eval.json'}: gates failed ({', '.join(failed)}); refusing to publish")
     sums = _read_json(variant_dir / "checksums.json").get("files")
     if not isinstance(sums, dict) or not sums:
         raise PublishError(f"{variant_dir / 'checksums.json'}: field 'files' must map file names to sha256")
@@ -241,7 +238,7 @@ def publish(
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code in (401, 403):
                     msg = f"not allowed ({e.response.status_code}): check the token's write access to the org"
-                raise PublishError(f"{repo_id}: {msg} (after {attempt} attempt(s); remote left unchanged or complete)") from e
+                raise PushError(f"{repo_id}: {msg} (after {attempt} attempt(s); remote left unchanged or complete)") from e
             wait = min(retry_wait * 2 ** (attempt - 1), 30.0)
             log(f"  attempt {attempt} failed ({type(e).__name__}); retrying in {wait:g}s")
             time.sleep(wait)
@@ -290,6 +287,6 @@ def publish_variants(
             publish(build_dir / n, target_repo(by_name[n].repo_id, org), name=n, dry_run=dry_run,
                     attempts=attempts, retry_wait=retry_wait, log=log)
         except PublishError as e:
-            err(f"refused {n}: {e}" if "attempt" not in str(e) else f"failed {n}: {e}")
+            err(f"{'failed' if isinstance(e, PushError) else 'refused'} {n}: {e}")
             failures += 1
     return failures

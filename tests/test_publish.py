@@ -1,0 +1,223 @@
+"""tools/publish.py against a Hub-compatible server (tests/hub_server.py) with the real huggingface_hub client.
+
+The variant is a real build of tiny.en-4bit; every assertion reads the server's stored state or its
+request log, so an upload that did not happen, or happened twice, shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hub_server import HubServer, build_variant, publish_cli
+
+NAME = "tiny.en-4bit"
+REPO = "whisper-mlx/whisper-tiny.en-4bit"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    return build_variant(tmp_path_factory.getbasetemp() / "hub-build", NAME)
+
+
+@pytest.fixture
+def build(built, tmp_path) -> Path:
+    """A private copy of the build (tests edit it): returns the build dir holding NAME/."""
+    shutil.copytree(built, tmp_path / "build" / NAME)
+    return tmp_path / "build"
+
+
+@pytest.fixture
+def hub():
+    with HubServer() as server:
+        yield server
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def rehash(variant_dir: Path) -> None:
+    """Rewrite checksums.json for edited files, as a rebuild would."""
+    path = variant_dir / "checksums.json"
+    sums = json.loads(path.read_text())
+    for name in sums["files"]:
+        entry = sums["files"][name]
+        digest = sha256((variant_dir / name).read_bytes())
+        sums["files"][name] = {**entry, "sha256": digest} if isinstance(entry, dict) else digest
+    path.write_text(json.dumps(sums, indent=2))
+
+
+def writes(hub: HubServer) -> list[tuple[str, str]]:
+    return [r for r in hub.log if r[0] in ("POST", "PUT") and r[1] != "/api/validate-yaml"]
+
+
+def assert_remote_matches(hub: HubServer, variant_dir: Path) -> None:
+    head = hub.head(REPO)
+    local = {p.name for p in variant_dir.iterdir()}
+    assert set(head.files) == local | {".gitattributes"}
+    for name in local:
+        assert sha256(hub.read(REPO, name)) == sha256((variant_dir / name).read_bytes()), name
+    assert head.files["weights.safetensors"].lfs_oid == sha256((variant_dir / "weights.safetensors").read_bytes())
+
+
+def test_publish_creates_repo_with_every_file_in_one_commit(hub, built, tmp_path):
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME)
+    assert done.returncode == 0, done.stderr
+    assert_remote_matches(hub, built)
+    repo = hub.repos[REPO]
+    assert len(repo.commits) == 2  # the repo's initial commit + ours
+    head = hub.head(REPO)
+    assert repo.commits[head.parent].summary == "initial commit"
+    assert len(hub.requests("POST", "/commit/")) == 1
+    assert len(hub.requests("PUT", "/lfs-upload/")) == 1  # weights through LFS, small files inline
+    assert head.sha in done.stdout
+
+
+def test_publish_twice_uploads_nothing(hub, built, tmp_path):
+    assert publish_cli(hub, tmp_path / "hf", built.parent, NAME).returncode == 0
+    head = hub.head(REPO).sha
+    hub.clear_log()
+    again = publish_cli(hub, tmp_path / "hf", built.parent, NAME)
+    assert again.returncode == 0, again.stderr
+    assert writes(hub) == []
+    assert hub.head(REPO).sha == head
+    assert again.stdout.count("unchanged") == len(list(built.iterdir()))
+
+
+def test_publish_uploads_only_changed_files(hub, build, tmp_path):
+    variant = build / NAME
+    assert publish_cli(hub, tmp_path / "hf", build, NAME).returncode == 0
+    before = hub.head(REPO)
+    card = variant / "README.md"
+    card.write_text(card.read_text() + "\nA corrected sentence in the card.\n")
+    rehash(variant)
+    hub.clear_log()
+    done = publish_cli(hub, tmp_path / "hf", build, NAME)
+    assert done.returncode == 0, done.stderr
+    after = hub.head(REPO)
+    assert after.parent == before.sha
+    changed = {p for p in after.files if after.files[p] != before.files.get(p)}
+    assert changed == {"README.md", "checksums.json"}
+    assert hub.requests("PUT") == []  # the weights were not sent again
+    assert len(hub.requests("POST", "/commit/")) == 1
+    assert_remote_matches(hub, variant)
+
+
+def test_publish_retries_a_connection_dropped_mid_upload(hub, built, tmp_path):
+    hub.fail_next("upload")
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME)
+    assert done.returncode == 0, done.stderr
+    assert len(hub.requests("PUT", "/lfs-upload/")) == 2
+    assert len(hub.repos[REPO].commits) == 2
+    assert_remote_matches(hub, built)
+
+
+@pytest.mark.parametrize("fault", ["commit", "commit-after"])
+def test_publish_retries_a_dropped_commit_without_committing_twice(hub, built, tmp_path, fault):
+    """Dropped before the commit applies: it is retried; after (answer lost): comparing again finds it done."""
+    hub.fail_next(fault)
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME)
+    assert done.returncode == 0, done.stderr
+    assert "retrying" in done.stdout
+    assert len(hub.requests("POST", "/commit/")) == (2 if fault == "commit" else 1)
+    assert len(hub.repos[REPO].commits) == 2
+    assert_remote_matches(hub, built)
+
+
+def test_publish_that_keeps_failing_leaves_the_remote_unchanged(hub, build, tmp_path):
+    variant = build / NAME
+    assert publish_cli(hub, tmp_path / "hf", build, NAME).returncode == 0
+    head = hub.head(REPO)
+    old_card = hub.read(REPO, "README.md")
+    (variant / "README.md").write_text("---\nlicense: mit\n---\n# rewritten card\n")
+    rehash(variant)
+    hub.fail_next("commit", times=10)
+    done = publish_cli(hub, tmp_path / "hf", build, NAME, "--attempts", "3")
+    assert done.returncode == 1
+    assert f"failed {NAME}" in done.stderr and REPO in done.stderr and "3 attempt" in done.stderr
+    assert hub.head(REPO) == head
+    assert hub.read(REPO, "README.md") == old_card
+
+
+def _fail_gates(v: Path) -> None:
+    data = json.loads((v / "eval.json").read_text())
+    data["passed"] = False
+    data["checks"] = data.get("checks", []) + [{"name": "max_wer_delta", "threshold": 3.0, "value": 9.5, "passed": False}]
+    (v / "eval.json").write_text(json.dumps(data))
+    rehash(v)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (_fail_gates, ["eval.json", "gates failed", "max_wer_delta"]),
+        (lambda v: (v / "eval.json").unlink(), ["eval.json", "missing"]),
+        (lambda v: (v / "config.json").write_text((v / "config.json").read_text() + " "), ["config.json", "does not match checksums.json", "stale"]),
+        (lambda v: (v / "weights.safetensors").unlink(), ["weights.safetensors", "missing", "incomplete"]),
+        (lambda v: (v / "notes.txt").write_text("left over"), ["notes.txt", "not listed in checksums.json"]),
+        (lambda v: shutil.rmtree(v), ["not built"]),
+    ],
+    ids=["gates-failed", "no-eval", "stale-checksum", "incomplete", "unlisted-file", "not-built"],
+)
+def test_publish_refuses_a_bad_build_with_why(hub, build, tmp_path, damage, expected):
+    damage(build / NAME)
+    done = publish_cli(hub, tmp_path / "hf", build, NAME)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith(f"refused {NAME}:")
+    for word in expected:
+        assert word in line
+    assert writes(hub) == [] and hub.repos == {}
+
+
+def test_publish_dry_run_lists_each_file_and_changes_nothing(hub, build, tmp_path):
+    variant = build / NAME
+    done = publish_cli(hub, tmp_path / "hf", build, NAME, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    for f in variant.iterdir():
+        line = next(l for l in done.stdout.splitlines() if f" {f.name} " in l)
+        assert line.split()[0] == "create"
+        assert f" {f.stat().st_size} bytes" in line and sha256(f.read_bytes()) in line
+    assert "would be created" in done.stdout
+    assert writes(hub) == [] and hub.repos == {}
+
+    assert publish_cli(hub, tmp_path / "hf", build, NAME).returncode == 0
+    head = hub.head(REPO)
+    (variant / "README.md").write_text("---\nlicense: mit\n---\n# new card\n")
+    rehash(variant)
+    hub.clear_log()
+    done = publish_cli(hub, tmp_path / "hf", build, NAME, "--dry-run")
+    actions = {l.split()[1]: l.split()[0] for l in done.stdout.splitlines() if l.startswith("  ") and "sha256" in l}
+    assert actions == {"README.md": "update", "checksums.json": "update", "config.json": "unchanged",
+                       "eval.json": "unchanged", "weights.safetensors": "unchanged"}
+    assert writes(hub) == [] and hub.head(REPO) == head
+
+
+def test_publish_org_override_and_permissions(hub, built, tmp_path):
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--org", hub.user)
+    assert done.returncode == 0, done.stderr
+    assert f"{hub.user}/whisper-tiny.en-4bit" in hub.repos and REPO not in hub.repos
+
+    denied = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--org", "someone-else")
+    assert denied.returncode == 1 and "403" in denied.stderr
+    assert "someone-else/whisper-tiny.en-4bit" not in hub.repos
+
+
+def test_publish_without_a_token_is_refused(hub, built, tmp_path):
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME, HF_TOKEN="")
+    assert done.returncode == 1
+    assert "no Hub token" in done.stderr
+    assert writes(hub) == []
+
+
+def test_publish_unknown_variant_and_argument_errors(hub, built, tmp_path):
+    done = publish_cli(hub, tmp_path / "hf", built.parent, "tiny.en-3bit")
+    assert done.returncode == 1 and "tiny.en-3bit" in done.stderr
+    both = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--all")
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert writes(hub) == []
