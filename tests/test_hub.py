@@ -1,0 +1,176 @@
+"""Loading by Hub repo id and by zoo short name (whisper_mlx.hub), through the real huggingface_hub client.
+
+A real tiny.en-4bit build is published to the Hub-compatible test server with tools/publish.py, then a
+fresh interpreter (HF_ENDPOINT pointing at the server, a private HF_HOME) loads and transcribes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hub_server import PYTHON, HubServer, build_variant, client_env, publish_cli, run
+
+NAME = "tiny.en-4bit"
+REPO = "whisper-mlx/whisper-tiny.en-4bit"
+
+# Runs in a fresh interpreter: resolve + load + transcribe, and report what the runtime imported.
+LOAD = r"""
+import json, sys
+import whisper_mlx
+from whisper_mlx.load import load_model, resolve
+name, audio, revision = sys.argv[1], sys.argv[2], sys.argv[3] or None
+try:
+    path = resolve(name, revision=revision)
+    text = whisper_mlx.transcribe(audio, model=load_model(name, revision=revision), temperature=0.0)["text"] if audio else None
+except whisper_mlx.ModelLoadError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(3)
+print(json.dumps({"path": str(path), "files": sorted(p.name for p in path.iterdir()), "text": text,
+                  "imported": sorted(m for m in ("zoo", "torch") if m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    return build_variant(tmp_path_factory.getbasetemp() / "hub-build", NAME)
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory):
+    from zoo.speech import make_clips
+
+    return make_clips(tmp_path_factory.getbasetemp() / "hub-clips", ["en_weather"])["en_weather"]
+
+
+@pytest.fixture
+def hub():
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def published(hub, built, tmp_path) -> HubServer:
+    done = publish_cli(hub, tmp_path / "publisher-home", built.parent, NAME)
+    assert done.returncode == 0, done.stderr
+    hub.clear_log()
+    return hub
+
+
+def load(hub: HubServer, hf_home: Path, name: str, audio: Path | None = None, revision: str = "", **env) -> dict:
+    done = run([PYTHON, "-c", LOAD, name, str(audio or ""), revision], client_env(hub, hf_home, **env))
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hub_round_trip_by_repo_id_transcribes_like_the_local_directory(published, built, clip, tmp_path):
+    hf_home = tmp_path / "fresh-home"
+    remote = load(published, hf_home, REPO, clip.path)
+    local = load(published, tmp_path / "unused-home", str(built), clip.path)
+    assert remote["text"] == local["text"]
+    assert "cloudy" in remote["text"].lower()  # and it is the clip's speech, not an empty string
+    path = Path(remote["path"])
+    assert path.is_relative_to(hf_home / "hub" / "models--whisper-mlx--whisper-tiny.en-4bit")
+    assert remote["files"] == ["README.md", "config.json", "weights.safetensors"]  # not eval.json/checksums.json
+    for name in remote["files"]:
+        assert sha256(path / name) == sha256(built / name)
+    assert remote["imported"] == []  # the runtime imports neither zoo nor torch
+    assert not published.requests(contains="eval.json") and not published.requests(contains="checksums.json")
+
+
+def test_hub_short_name_resolves_through_the_registry(published, built, tmp_path):
+    from whisper_mlx.hub import registry
+
+    assert registry()[NAME] == REPO
+    result = load(published, tmp_path / "home", NAME)
+    assert Path(result["path"]).parent.parent.name == "models--whisper-mlx--whisper-tiny.en-4bit"
+    assert sha256(Path(result["path"]) / "weights.safetensors") == sha256(built / "weights.safetensors")
+    assert published.requests("GET", f"/api/models/{REPO}/revision/main")
+
+
+def test_hub_offline_and_unreachable_load_from_the_cache(published, clip, tmp_path):
+    hf_home = tmp_path / "home"
+    online = load(published, hf_home, REPO, clip.path)
+    published.clear_log()
+    for name in (REPO, NAME):
+        offline = load(published, hf_home, name, clip.path, HF_HUB_OFFLINE="1")
+        assert offline["path"] == online["path"] and offline["text"] == online["text"]
+    assert published.log == []  # offline: not one request
+
+    published.close()  # the Hub goes away: the cache still serves
+    assert load(published, hf_home, REPO)["path"] == online["path"]
+
+
+def test_hub_offline_without_cache_says_what_was_tried(hub, tmp_path):
+    result = load(hub, tmp_path / "empty-home", NAME, HF_HUB_OFFLINE="1")
+    error = result["error"]
+    assert "tiny.en-4bit" in error and REPO in error and "HF_HUB_OFFLINE" in error and "not in the cache" in error
+
+
+def test_hub_revision_pins_an_older_commit(published, built, tmp_path):
+    first = published.head(REPO).sha
+    build = tmp_path / "build"
+    shutil.copytree(built, build / NAME)
+    (build / NAME / "README.md").write_text("---\nlicense: mit\n---\n# second release\n")
+    sums = json.loads((build / NAME / "checksums.json").read_text())
+    entry = sums["files"]["README.md"]
+    digest = sha256(build / NAME / "README.md")
+    sums["files"]["README.md"] = {**entry, "sha256": digest} if isinstance(entry, dict) else digest
+    (build / NAME / "checksums.json").write_text(json.dumps(sums))
+    assert publish_cli(published, tmp_path / "publisher", build, NAME).returncode == 0
+    assert published.head(REPO).sha != first
+
+    hf_home = tmp_path / "home"
+    old = Path(load(published, hf_home, REPO, revision=first)["path"])
+    new = Path(load(published, hf_home, REPO)["path"])
+    assert old.name == first and new.name == published.head(REPO).sha
+    assert (old / "README.md").read_bytes() == (built / "README.md").read_bytes()
+    assert "second release" in (new / "README.md").read_text()
+
+    missing = load(published, hf_home, REPO, revision="v9")["error"]
+    assert "no such revision" in missing and "v9" in missing
+
+
+def test_hub_errors_name_the_three_kinds_of_name(hub, tmp_path):
+    from whisper_mlx import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError) as unknown:
+        load_model("tiny.en-4bitt")  # no slash: only a short name could match; no network needed
+    message = str(unknown.value)
+    assert "not a local model directory" in message and "Hub repo id" in message and "short name" in message
+    assert "did you mean tiny.en-4bit" in message
+
+    absent = load(hub, tmp_path / "home", "nobody/nothing")["error"]
+    assert "not a local model directory" in absent and "not found on " + hub.endpoint in absent
+
+    hub.put_file("whisper-mlx/not-a-model", "notes.txt", b"just notes\n")
+    wrong = load(hub, tmp_path / "home", "whisper-mlx/not-a-model")["error"]
+    assert "no config.json" in wrong
+
+
+def test_hub_registry_in_sync_with_manifests(monkeypatch, tmp_path):
+    monkeypatch.delenv("WHISPER_MLX_ZOO_ORG", raising=False)
+    from zoo.manifest import variants
+    from zoo.registry import REGISTRY_PATH, in_sync, main
+
+    from whisper_mlx.hub import REGISTRY_PATH as RUNTIME_PATH, registry
+
+    assert REGISTRY_PATH == RUNTIME_PATH
+    assert in_sync(), "whisper_mlx/assets/registry.json is stale: run `python -m zoo.registry`"
+    assert registry() == {v.name: v.repo_id for v in variants()}
+
+    stale = tmp_path / "registry.json"
+    data = json.loads(REGISTRY_PATH.read_text())
+    data["models"].pop(NAME)
+    stale.write_text(json.dumps(data))
+    assert main(["--check", "--output", str(stale)]) == 1
+    assert main(["--output", str(stale)]) == 0 and main(["--check", "--output", str(stale)]) == 0
+    assert stale.read_text() == REGISTRY_PATH.read_text()
