@@ -402,6 +402,7 @@ def _streaming_mel(file: str, n_mels: int) -> MelSource:
         if k >= _n_blocks(first.n_frames):
             break
         global_max = mx.maximum(global_max, _log10_block(first, k, n_mels).max())
+        mx.eval(global_max)  # else the lazy graph keeps every block alive
         k += 1
     length = first.length
     del first
