@@ -1,0 +1,217 @@
+"""The `whisper-mlx` command: openai-whisper's CLI on MLX, plus `whisper-mlx doctor`.
+
+The model is loaded once; each file is transcribed and written in turn. A file that fails costs
+one line on stderr (`whisper-mlx: error: <file>: <problem>`) and exit status 1; the others are
+still transcribed. Usage errors exit with 2. `--debug` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__, backend
+from .audio import AudioError
+from .load import ModelLoadError, load_model
+from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+from .transcribe import transcribe
+from .writers import get_writer
+
+PROG = "whisper-mlx"
+_WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
+
+
+def str2bool(string: str) -> bool:
+    """True/False as openai-whisper's CLI spells them (also accepts lower case, yes/no, 1/0)."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(string.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {string!r}")
+    return value
+
+
+def optional_int(string: str) -> int | None:
+    return None if string == "None" else int(string)
+
+
+def optional_float(string: str) -> float | None:
+    return None if string == "None" else float(string)
+
+
+def default_model() -> str:
+    """A local `mlx_models/tiny.en` when present, else the zoo short name `tiny.en`."""
+    return "mlx_models/tiny.en" if Path("mlx_models/tiny.en").is_dir() else "tiny.en"
+
+
+def version_line() -> str:
+    """Package version and what it computes on."""
+    info = backend.report()
+    return f"{PROG} {__version__} (mlx {info['mlx']}, device {info['device']}, BLAS {info['blas']})"
+
+
+def doctor() -> str:
+    """`whisper-mlx doctor`: the runtime's backend report, one `key: value` per line."""
+    return "\n".join(f"{key}: {value}" for key, value in backend.report().items())
+
+
+class _Version(argparse.Action):
+    """--version, printed unwrapped (argparse's own action reflows the BLAS path)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """An option spelled both `--max-line-width` and openai-whisper's `--max_line_width`."""
+    dashed = "--" + name.replace("_", "-")
+    flags = [dashed] if "_" not in name else [dashed, "--" + name]
+    parser.add_argument(*flags, dest=name, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (openai-whisper's options; dashes or underscores)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Transcribe or translate audio with Whisper on MLX. `whisper-mlx doctor` reports the backend.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("audio", nargs="+", help="audio or video file(s) to transcribe")
+    p.add_argument("--version", action=_Version, help="print the version and backend, then exit")
+    _add(p, "model", default=default_model(), help="model directory, Hub repo id or zoo short name")
+    p.add_argument("--output-dir", "--output_dir", "-o", dest="output_dir", default=".", help="directory for the outputs")
+    p.add_argument("--output-format", "--output_format", "-f", dest="output_format", default="all",
+                   choices=["txt", "vtt", "srt", "tsv", "json", "all"], help="output format(s)")
+    _add(p, "verbose", type=str2bool, default=True, help="print segments as they are decoded (False: progress bar)")
+    _add(p, "device", choices=["cpu", "gpu"], default=None, help="MLX device (default: the GPU where there is one)")
+    _add(p, "dtype", choices=["float16", "float32", "bfloat16"], default=None,
+         help="compute dtype (default: float32 on the CPU, the stored dtype on a GPU)")
+    _add(p, "debug", action="store_true", help="print tracebacks for errors")
+
+    _add(p, "task", default="transcribe", choices=["transcribe", "translate"],
+         help="X->X speech recognition or X->English translation")
+    _add(p, "language", default=None,
+         choices=sorted(LANGUAGES) + sorted(k.title() for k in TO_LANGUAGE_CODE),
+         help="language spoken in the audio (default: detect)")
+
+    _add(p, "temperature", type=float, default=0, help="temperature to use for sampling")
+    _add(p, "best_of", type=optional_int, default=5, help="candidates when sampling with non-zero temperature")
+    _add(p, "beam_size", type=optional_int, default=5, help="beams in beam search (temperature zero only)")
+    _add(p, "patience", type=float, default=None, help="beam search patience (1.0: conventional beam search)")
+    _add(p, "length_penalty", type=float, default=None, help="token length penalty alpha (default: length normalization)")
+
+    _add(p, "suppress_tokens", default="-1", help="comma-separated token ids to suppress; -1: most special characters")
+    _add(p, "initial_prompt", default=None, help="text to provide as a prompt for the first window")
+    _add(p, "carry_initial_prompt", type=str2bool, default=False, help="prepend initial_prompt to every window")
+    _add(p, "condition_on_previous_text", type=str2bool, default=True,
+         help="prompt each window with the previous window's text")
+
+    _add(p, "temperature_increment_on_fallback", type=optional_float, default=0.2,
+         help="temperature increase when a decoding fails the thresholds below")
+    _add(p, "compression_ratio_threshold", type=optional_float, default=2.4,
+         help="gzip compression ratio above which a decoding has failed")
+    _add(p, "logprob_threshold", type=optional_float, default=-1.0,
+         help="average log probability below which a decoding has failed")
+    _add(p, "no_speech_threshold", type=optional_float, default=0.6,
+         help="no-speech probability above which a window that failed logprob_threshold is silence")
+    _add(p, "word_timestamps", type=str2bool, default=False, help="word-level timestamps")
+    _add(p, "prepend_punctuations", default="\"'“¿([{-", help="punctuation merged with the next word")
+    _add(p, "append_punctuations", default="\"'.。,，!！?？:：”)]}、", help="punctuation merged with the previous word")
+    _add(p, "highlight_words", type=str2bool, default=False, help="(needs --word-timestamps True) underline words in srt/vtt")
+    _add(p, "max_line_width", type=optional_int, default=None, help="(needs --word-timestamps True) characters per line")
+    _add(p, "max_line_count", type=optional_int, default=None, help="(needs --word-timestamps True) lines per subtitle")
+    _add(p, "max_words_per_line", type=optional_int, default=None,
+         help="(needs --word-timestamps True, no effect with --max-line-width) words per subtitle")
+    _add(p, "clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process")
+    _add(p, "hallucination_silence_threshold", type=optional_float, default=None,
+         help="(needs --word-timestamps True) skip silences longer than this around suspected hallucinations")
+    return p
+
+
+def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
+    """Usage errors openai-whisper's CLI refuses, plus malformed --clip-timestamps."""
+    if not args["word_timestamps"]:
+        for option in _WORD_OPTIONS:
+            if args[option]:
+                parser.error(f"--{option.replace('_', '-')} requires --word-timestamps True")
+    if args["max_line_count"] and not args["max_line_width"]:
+        warnings.warn("--max-line-count has no effect without --max-line-width")
+    if args["max_words_per_line"] and args["max_line_width"]:
+        warnings.warn("--max-words-per-line has no effect with --max-line-width")
+    try:
+        [float(t) for t in args["clip_timestamps"].split(",") if t]
+    except ValueError:
+        parser.error(f"--clip-timestamps: expected comma-separated seconds, got {args['clip_timestamps']!r}")
+
+
+def _fail(target: str, e: BaseException, debug: bool) -> None:
+    """One line on stderr naming the file and the problem (a traceback too with --debug)."""
+    if debug:
+        traceback.print_exception(e)
+    problem = str(e) if isinstance(e, (AudioError, ModelLoadError)) else f"{type(e).__name__}: {e}"
+    if not problem.startswith(f"{target}: ") and not isinstance(e, ModelLoadError):
+        problem = f"{target}: {problem}"
+    print(f"{PROG}: error: {' '.join(problem.split())}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 1 a file or the model failed, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["doctor"], ["--doctor"]):
+        print(doctor())
+        return 0
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    _check_args(parser, args)
+    debug = args.pop("debug")
+    model_name, output_dir = args.pop("model"), args.pop("output_dir")
+    output_format, device, dtype = args.pop("output_format"), args.pop("device"), args.pop("dtype")
+
+    try:
+        backend.set_device(device)
+    except (RuntimeError, ValueError) as e:
+        print(f"{PROG}: error: --device {device}: {e}", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        model = load_model(model_name, dtype=dtype)
+    except (ModelLoadError, OSError) as e:
+        _fail(model_name if not isinstance(e, OSError) else output_dir, e, debug)
+        return 1
+
+    if args["language"] is not None:
+        args["language"] = TO_LANGUAGE_CODE.get(args["language"].lower(), args["language"])
+    if not model.is_multilingual and args["language"] not in (None, "en"):
+        warnings.warn(f"{model_name} is an English-only model but got language {args['language']!r}; using English.")
+        args["language"] = "en"
+    temperature = args.pop("temperature")
+    increment = args.pop("temperature_increment_on_fallback")
+    temperatures = tuple(float(t) for t in np.arange(temperature, 1.0 + 1e-6, increment)) if increment else (temperature,)
+    writer = get_writer(output_format, output_dir)
+    writer_args = {option: args.pop(option) for option in _WORD_OPTIONS}
+
+    failed = 0
+    for audio_path in args.pop("audio"):
+        try:
+            result = transcribe(audio_path, model=model, temperature=temperatures, **args)
+            writer(result, audio_path, **writer_args)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # one bad file must not stop the others
+            _fail(audio_path, e, debug)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
