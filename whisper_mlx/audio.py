@@ -59,7 +59,6 @@ def decode_chunks(file: str | Path, sr: int = SAMPLE_RATE) -> Iterator[np.ndarra
         if not container.streams.audio:
             raise AudioError(f"{file}: has no audio stream")
         stream = container.streams.audio[0]
-        stream.thread_type = "AUTO"
         resampler = None
         try:
             for frame in container.decode(stream):
@@ -72,7 +71,11 @@ def decode_chunks(file: str | Path, sr: int = SAMPLE_RATE) -> Iterator[np.ndarra
                 total += out.size
                 yield out
         except av.FFmpegError as e:
-            raise AudioError(f"{file}: corrupt or truncated audio data ({_reason(e)})") from None
+            if total == 0:
+                raise AudioError(f"{file}: no decodable audio ({_reason(e)}): corrupt, or not an audio file") from None
+            raise AudioError(
+                f"{file}: corrupt or truncated audio data after {total / sr:.1f} s ({_reason(e)})"
+            ) from None
     if total == 0:
         raise AudioError(f"{file}: contains no audio samples")
     _check_wav_complete(file)

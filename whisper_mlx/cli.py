@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "task", default="transcribe", choices=["transcribe", "translate"],
          help="X->X speech recognition or X->English translation")
     _add(p, "language", default=None,
-         choices=sorted(LANGUAGES) + sorted(k.title() for k in TO_LANGUAGE_CODE),
-         help="language spoken in the audio (default: detect)")
+         choices=sorted(LANGUAGES) + sorted(k.title() for k in TO_LANGUAGE_CODE), metavar="LANGUAGE",
+         help="language spoken in the audio, a code (en) or name (English); default: detect")
 
     _add(p, "temperature", type=float, default=0, help="temperature to use for sampling")
     _add(p, "best_of", type=optional_int, default=5, help="candidates when sampling with non-zero temperature")
