@@ -199,3 +199,23 @@ def test_long_audio_memory_does_not_grow_with_length(story, tmp_path):
     assert short_frames > 10 * 6000 and long_frames > 59 * 6000
     # The whole 60-minute waveform alone would take 220 MiB; its mel another 110 MiB.
     assert long_mib < short_mib + 40
+
+
+def test_is_silent_finds_windows_the_model_sees_as_constant(story):
+    """Digital silence and audio 80 dB or more under the peak clamp to the same constant input."""
+    speech = audio.load_audio(story)[: 20 * audio.SAMPLE_RATE]
+    quiet = speech * 1e-5  # 100 dB down: under the clamp, but not zero
+    samples = np.concatenate([np.zeros(35 * audio.SAMPLE_RATE, np.float32), speech, quiet])
+    source = audio.load_mel(samples, 80)
+    fps = audio.FRAMES_PER_SECOND
+    assert source.is_silent(0, 30 * fps)
+    assert not source.is_silent(5 * fps, 30 * fps)  # reaches the speech at 35 s
+    assert not source.is_silent(40 * fps, 10 * fps)
+    assert source.is_silent(56 * fps, 19 * fps)  # the quiet copy, then the padding
+    assert source.is_silent(source.content_frames, audio.N_FRAMES)  # padding only
+    whole = np.array(audio.log_mel_spectrogram(samples, padding=audio.N_SAMPLES))
+    assert np.unique(whole[56 * fps : 75 * fps]).size == 1  # what "silent" means: a constant input
+
+    all_zero = audio.load_mel(np.zeros(60 * audio.SAMPLE_RATE, np.float32), 80)
+    assert all_zero.is_silent(0, audio.N_FRAMES) and all_zero.is_silent(3000, audio.N_FRAMES)
+    assert not audio.load_mel(quiet, 80).is_silent(0, audio.N_FRAMES)  # alone, quiet speech is speech

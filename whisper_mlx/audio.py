@@ -376,6 +376,16 @@ class MelSource:
         offset = first * _BLOCK
         return _normalize(window[start - offset : stop - offset], self._global_max)
 
+    def is_silent(self, start: int, size: int) -> bool:
+        """True when frames [start, start + size) are digital silence or 80 dB or more under the
+        file's loudest frame: after the dynamic-range clamp the model sees a constant input there,
+        on which Whisper hallucinates ("you"), so a transcriber can skip such windows."""
+        window = self.segment(start, size)
+        if window.size == 0:
+            return True
+        floor = _normalize(mx.maximum(self._global_max - 8.0, -10.0), self._global_max)
+        return bool(window.max() <= floor)
+
 
 def load_mel(
     audio: str | Path | np.ndarray | mx.array,
