@@ -22,6 +22,8 @@ __all__ = [
     "available_offline",
     "combined_sha256",
     "describe",
+    "fingerprint",
+    "load_for_family",
     "load_first_available",
     "load_source",
     "sha256_file",
@@ -74,26 +76,46 @@ def pick_source(family, offline_only: bool = False):
     return local + remote
 
 
-def load_first_available(family, offline_only: bool = False) -> Checkpoint:
-    """Load the family's first source that works; dims must match the manifest's.
+def load_for_family(source, family) -> Checkpoint:
+    """Load a family's source; its dims must match the manifest's, whose alignment heads win."""
+    ckpt = load_source(source)
+    expected = family.dims.model_dump()
+    if ckpt.dims != expected:
+        bad = {k: (ckpt.dims.get(k), v) for k, v in expected.items() if ckpt.dims.get(k) != v}
+        raise SourceError(f"{describe(source)}: dims differ from the manifest's (source, manifest): {bad}")
+    ckpt.alignment_heads = [list(h) for h in family.alignment_heads]
+    return ckpt
 
-    The manifest's alignment heads replace the source's (the manifest is the truth).
-    """
+
+def fingerprint(source) -> str:
+    """The source's sha256 as declared in the manifest, else computed from its files."""
+    from pathlib import Path
+
+    from . import ctranslate2
+
+    if source.kind == "openai":
+        return source.sha256
+    if source.kind == "pt":
+        return source.sha256 or sha256_file(Path(source.path).expanduser())
+    if source.kind == "ctranslate2":
+        if source.sha256:
+            return combined_sha256(source.sha256)
+        parts, config = ctranslate2.locate(source.location)
+        return combined_sha256({p.name: sha256_file(p) for p in parts + ([config] if config else [])})
+    root = Path(source.path).expanduser()
+    files = [root / "config.json", *sorted(root.glob("*.safetensors"))]
+    return combined_sha256(source.sha256 or {p.name: sha256_file(p) for p in files if p.is_file()})
+
+
+def load_first_available(family, offline_only: bool = False) -> Checkpoint:
+    """Load the family's first source that works (offline-readable ones first)."""
     errors = []
     candidates = pick_source(family, offline_only)
     for source in candidates:
         try:
-            ckpt = load_source(source)
+            return load_for_family(source, family)
         except SourceError as e:
             errors.append(str(e))
-            continue
-        expected = family.dims.model_dump()
-        if ckpt.dims != expected:
-            bad = {k: (ckpt.dims.get(k), v) for k, v in expected.items() if ckpt.dims.get(k) != v}
-            errors.append(f"{describe(source)}: dims differ from the manifest's (source, manifest): {bad}")
-            continue
-        ckpt.alignment_heads = [list(h) for h in family.alignment_heads]
-        return ckpt
     if not candidates:
         errors = [f"{describe(s)}: not available offline" for s in family.sources]
     raise SourceError(f"{family.family}: no usable source: " + "; ".join(errors))

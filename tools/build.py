@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Build zoo variants (convert, gate, model card, checksums) into OUT/NAME/.
+
+  tools/build.py --list
+  tools/build.py tiny.en-fp16 tiny.en-4bit --out build
+  tools/build.py --all --offline-only --out build
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="*", help="variant names (see --list)")
+    p.add_argument("--all", action="store_true", help="every variant of every manifest")
+    p.add_argument("--list", action="store_true", help="print one variant per line, name first")
+    p.add_argument("--out", type=Path, default=Path("build"), help="output directory (default: build)")
+    p.add_argument("--offline-only", action="store_true", help="skip variants whose sources need the network")
+    p.add_argument("--manifests", type=Path, default=None, help="manifests directory (default: manifests/)")
+    p.add_argument("--clips-dir", type=Path, default=None, help="gate clip cache (default: ~/.cache/whisper-mlx/clips)")
+    args = p.parse_args(argv)
+    if not args.list and not args.all and not args.names:
+        p.error("name variants, or give --all or --list")
+    if args.all and args.names:
+        p.error("--all and variant names are exclusive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from zoo import build
+    from zoo.manifest import ManifestError
+
+    try:
+        if args.list:
+            print("\n".join(build.listing(args.manifests)))
+            return 0
+        outcomes = build.build(
+            None if args.all else args.names,
+            args.out,
+            offline_only=args.offline_only,
+            manifests_dir=args.manifests,
+            clips_dir=args.clips_dir,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(build.summary(outcomes))
+    return build.exit_code(outcomes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
