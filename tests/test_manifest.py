@@ -1,0 +1,148 @@
+"""Manifests: the real ones are complete and agree with openai-whisper; bad ones are refused clearly."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from zoo.manifest import MANIFESTS_DIR, ManifestError, find_variant, load_manifests, variants
+
+FAMILIES = ["tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+            "large-v1", "large-v2", "large-v3", "large-v3-turbo"]
+
+
+def test_real_manifests_cover_every_family_and_variant():
+    families = load_manifests()
+    assert sorted(f.family for f in families) == sorted(FAMILIES)
+    names = [v.name for v in variants()]
+    assert len(names) == 48 == len(set(names))
+    for family in FAMILIES:
+        for suffix in ("fp16", "fp32", "8bit", "4bit"):
+            v = find_variant(f"{family}-{suffix}")
+            assert v.repo_id == f"whisper-mlx/whisper-{family}-{suffix}"
+            assert (v.q_bits, v.dtype) == {
+                "fp16": (None, "float16"), "fp32": (None, "float32"), "8bit": (8, "float16"), "4bit": (4, "float16")
+            }[suffix]
+            if v.q_bits:
+                assert v.q_group_size == 64
+    assert len({v.repo_id for v in variants()}) == 48
+
+
+def test_manifests_agree_with_openai_whisper():
+    """Dims, URL + sha256 and alignment heads match openai-whisper's own tables."""
+    import whisper
+
+    for family in load_manifests():
+        openai = next(s for s in family.sources if s.kind == "openai")
+        assert openai.url == whisper._MODELS[family.family]
+        assert openai.sha256 == openai.url.split("/")[-2]
+        mask = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[family.family])), dtype=bool)
+        mask = mask.reshape(family.dims.n_text_layer, family.dims.n_text_head)
+        assert [list(map(int, x)) for x in np.argwhere(mask)] == family.alignment_heads
+        assert (family.language == "en") == family.family.endswith(".en")
+
+
+def test_gate_thresholds_per_variant_override_family_defaults():
+    tiny = {v.suffix: v.thresholds for v in variants() if v.size == "tiny.en"}
+    assert tiny["fp32"].identical_to_reference and tiny["fp16"].identical_to_reference
+    assert tiny["8bit"].max_wer_delta == 1.0 and not tiny["8bit"].identical_to_reference
+    assert tiny["4bit"].max_wer_delta == 3.0
+    assert tiny["4bit"].max_rtf_ratio == tiny["fp32"].max_rtf_ratio  # inherited from the family
+
+
+def test_org_is_configurable(monkeypatch):
+    monkeypatch.setenv("WHISPER_MLX_ZOO_ORG", "my-org")
+    assert find_variant("base-4bit").repo_id == "my-org/whisper-base-4bit"
+
+
+def _copy(tmp_path: Path, *names: str) -> Path:
+    d = tmp_path / "manifests"
+    d.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy(MANIFESTS_DIR / f"{name}.yaml", d / f"{name}.yaml")
+    return d
+
+
+def _edit(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d["dims"].update(n_mels="eighty"), "dims.n_mels"),
+        (lambda d: d.update(colour="blue"), "colour"),
+        (lambda d: d["variants"][2]["quantization"].update(bits=7), "variants.2.quantization.bits"),
+        (lambda d: d["variants"][0].update(dtype="float8"), "variants.0.dtype"),
+        (lambda d: d["sources"][0].update(sha256="not-a-hash"), "sources.0.openai.sha256"),
+        (lambda d: d["gates"]["thresholds"].update(max_rtf_ratio=-1), "gates.thresholds.max_rtf_ratio"),
+        (lambda d: d.pop("license"), "license"),
+    ],
+)
+def test_schema_errors_name_file_and_field(tmp_path, change, field):
+    d = _copy(tmp_path, "tiny.en")
+    _edit(d / "tiny.en.yaml", change)
+    with pytest.raises(ManifestError) as e:
+        load_manifests(d)
+    assert str(d / "tiny.en.yaml") in str(e.value)
+    assert f": {field}:" in str(e.value)
+
+
+def test_consistency_errors(tmp_path):
+    d = _copy(tmp_path, "tiny.en")
+    _edit(d / "tiny.en.yaml", lambda x: x.update(language="multilingual"))
+    with pytest.raises(ManifestError, match="contradicts dims.n_vocab 51864"):
+        load_manifests(d)
+    d = _copy(tmp_path, "tiny.en")
+    _edit(d / "tiny.en.yaml", lambda x: x["alignment_heads"].append([4, 0]))
+    with pytest.raises(ManifestError, match=r"alignment head \[4, 0\] is outside"):
+        load_manifests(d)
+    d = _copy(tmp_path, "tiny.en")
+    _edit(d / "tiny.en.yaml", lambda x: x["variants"][0].update(name="tiny-fp16"))
+    with pytest.raises(ManifestError, match="must start with 'tiny.en-'"):
+        load_manifests(d)
+
+
+def test_not_yaml_is_one_clear_error(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "x.yaml").write_text("family: [unclosed\n")
+    with pytest.raises(ManifestError, match=f"{d / 'x.yaml'}: not valid YAML"):
+        load_manifests(d)
+
+
+def test_duplicate_variant_names_and_repo_ids_are_refused(tmp_path):
+    d = _copy(tmp_path, "tiny", "tiny.en")
+    _edit(d / "tiny.yaml", lambda x: x["variants"][0].update(name="tiny-fp32"))  # fp16 renamed to fp32
+    with pytest.raises(ManifestError, match="variant 'tiny-fp32' is already defined"):
+        load_manifests(d)
+
+    d = _copy(tmp_path, "tiny", "tiny.en")
+    _edit(d / "tiny.yaml", lambda x: x["variants"][0].update(repo="whisper-tiny.en-fp16"))
+    with pytest.raises(ManifestError) as e:
+        load_manifests(d)
+    assert "repo 'whisper-tiny.en-fp16' is already defined in" in str(e.value)
+    assert "tiny.en.yaml" in str(e.value) and "tiny.yaml" in str(e.value)
+
+    d = _copy(tmp_path, "tiny.en")
+    shutil.copy(d / "tiny.en.yaml", d / "tiny.en-copy.yaml")
+    with pytest.raises(ManifestError, match="family 'tiny.en' is already defined"):
+        load_manifests(d)
+
+
+def test_variant_digest_tracks_only_its_own_inputs(tmp_path):
+    d = _copy(tmp_path, "tiny.en")
+    before = {v.name: v.digest for v in variants(d)}
+    _edit(d / "tiny.en.yaml", lambda x: x["variants"][3]["gates"].update(max_wer_delta=2.0))
+    after = {v.name: v.digest for v in variants(d)}
+    assert [n for n in before if before[n] != after[n]] == ["tiny.en-4bit"]
+    _edit(d / "tiny.en.yaml", lambda x: x["gates"].update(clips=["en_weather"]))
+    assert all(after[v.name] != v.digest for v in variants(d))
