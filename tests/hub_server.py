@@ -632,24 +632,33 @@ def publish_cli(hub: HubServer, hf_home: Path, build_dir: Path, *args: str, **en
                client_env(hub, hf_home, **env))
 
 
-_INTERIM_BUILD = r"""
-import hashlib, json, sys
-from pathlib import Path
-from zoo.convert import convert_size
-out = Path(sys.argv[1]) / sys.argv[2]
-convert_size("tiny.en", out, "float16", 4, 64)
-(out / "README.md").write_text("---\nlibrary_name: mlx\nlicense: mit\n---\n# whisper-tiny.en-4bit\n")
-(out / "eval.json").write_text(json.dumps({"variant": sys.argv[2], "passed": True, "checks": []}))
-sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-(out / "checksums.json").write_text(json.dumps({"files": sums, "provenance": {}}, indent=2))
-"""
+TEST_CACHE = Path(os.environ.get("WHISPER_MLX_TEST_CACHE", REPO_ROOT / ".cache" / "tests"))
+GATE_CLIPS = ["en_weather", "ho_doctor"]
+
+
+def _small_gate_manifests(family: str, out: Path) -> Path:
+    """The family's real manifest with a two-clip gate set: the hub tests need a built variant, not a verdict.
+
+    Quality gates proper are zoo/gates' subject; here a lenient WER check keeps the build a real one
+    (conversion, gates, card, checksums) at a fraction of the full gate run's cost.
+    """
+    import yaml
+
+    data = yaml.safe_load((REPO_ROOT / "manifests" / f"{family}.yaml").read_text())
+    data["gates"]["clips"] = GATE_CLIPS
+    data["gates"]["thresholds"] = {}
+    for variant in data["variants"]:
+        variant["gates"] = {"max_wer_delta": 50.0}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{family}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
 
 
 def build_variant(build_dir: Path, name: str = "tiny.en-4bit") -> Path:
-    """A built variant directory DIR/NAME/ (built once per DIR)."""
-    out = build_dir / name
-    if not (out / "eval.json").is_file():
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"PYTHONPATH": str(REPO_ROOT)}
-        done = run([PYTHON, "-c", _INTERIM_BUILD, str(build_dir), name], env)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    """DIR/NAME/ built by tools/build.py (incremental: reused while its inputs are unchanged)."""
+    manifests = _small_gate_manifests(name.rsplit("-", 1)[0], build_dir.parent / f"{build_dir.name}-manifests")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"PYTHONPATH": str(REPO_ROOT)}
+    done = run([PYTHON, "tools/build.py", name, "--out", str(build_dir), "--manifests", str(manifests),
+                "--clips-dir", str(TEST_CACHE / "clips")], env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return build_dir / name

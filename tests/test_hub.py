@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import PYTHON, HubServer, build_variant, client_env, publish_cli, run
+from hub_server import TEST_CACHE, PYTHON, HubServer, build_variant, client_env, publish_cli, run
 
 NAME = "tiny.en-4bit"
 REPO = "whisper-mlx/whisper-tiny.en-4bit"
@@ -26,7 +26,8 @@ from whisper_mlx.load import load_model, resolve
 name, audio, revision = sys.argv[1], sys.argv[2], sys.argv[3] or None
 try:
     path = resolve(name, revision=revision)
-    text = whisper_mlx.transcribe(audio, model=load_model(name, revision=revision), temperature=0.0)["text"] if audio else None
+    model = load_model(name, revision=revision)
+    text = whisper_mlx.transcribe(audio, model=model, temperature=0.0)["text"] if audio else None
 except whisper_mlx.ModelLoadError as e:
     print(json.dumps({"error": str(e)}))
     sys.exit(3)
@@ -37,7 +38,7 @@ print(json.dumps({"path": str(path), "files": sorted(p.name for p in path.iterdi
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
-    return build_variant(tmp_path_factory.getbasetemp() / "hub-build", NAME)
+    return build_variant(TEST_CACHE / "hub-build", NAME)
 
 
 @pytest.fixture(scope="session")
@@ -96,13 +97,13 @@ def test_hub_short_name_resolves_through_the_registry(published, built, tmp_path
     assert published.requests("GET", f"/api/models/{REPO}/revision/main")
 
 
-def test_hub_offline_and_unreachable_load_from_the_cache(published, clip, tmp_path):
+def test_hub_offline_and_unreachable_load_from_the_cache(published, tmp_path):
     hf_home = tmp_path / "home"
-    online = load(published, hf_home, REPO, clip.path)
+    online = load(published, hf_home, REPO)
     published.clear_log()
     for name in (REPO, NAME):
-        offline = load(published, hf_home, name, clip.path, HF_HUB_OFFLINE="1")
-        assert offline["path"] == online["path"] and offline["text"] == online["text"]
+        offline = load(published, hf_home, name, HF_HUB_OFFLINE="1")
+        assert offline["path"] == online["path"] and offline["files"] == online["files"]
     assert published.log == []  # offline: not one request
 
     published.close()  # the Hub goes away: the cache still serves

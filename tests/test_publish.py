@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import HubServer, build_variant, publish_cli
+from hub_server import TEST_CACHE, HubServer, build_variant, publish_cli
 
 NAME = "tiny.en-4bit"
 REPO = "whisper-mlx/whisper-tiny.en-4bit"
@@ -21,7 +21,7 @@ REPO = "whisper-mlx/whisper-tiny.en-4bit"
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
-    return build_variant(tmp_path_factory.getbasetemp() / "hub-build", NAME)
+    return build_variant(TEST_CACHE / "hub-build", NAME)
 
 
 @pytest.fixture
