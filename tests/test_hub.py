@@ -175,3 +175,77 @@ def test_hub_registry_in_sync_with_manifests(monkeypatch, tmp_path):
     assert main(["--check", "--output", str(stale)]) == 1
     assert main(["--output", str(stale)]) == 0 and main(["--check", "--output", str(stale)]) == 0
     assert stale.read_text() == REGISTRY_PATH.read_text()
+
+
+# ---- the test server itself must be strict, or a client bug would pass unnoticed --------------------
+
+
+def _call(hub: HubServer, method: str, path: str, body: bytes | None = None, token: str | None = "ok",
+          content_type: str = "application/json") -> tuple[int, dict, bytes]:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {hub.token if token == 'ok' else token}"
+    request = urllib.request.Request(hub.endpoint + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def _commit_body(*ops: dict, parent: str | None = None) -> bytes:
+    header = {"summary": "test", "description": ""} | ({"parentCommit": parent} if parent else {})
+    return b"".join(json.dumps(line).encode() + b"\n" for line in [{"key": "header", "value": header}, *ops])
+
+
+def test_hub_server_rejects_what_the_real_hub_rejects(hub):
+    repo = "whisper-mlx/strict"
+    add = {"key": "file", "value": {"path": "a.txt", "content": "aGk=", "encoding": "base64"}}
+    status, headers, _ = _call(hub, "POST", f"/api/models/{repo}/commit/main", _commit_body(add))
+    assert status == 404 and headers["X-Error-Code"] == "RepoNotFound"  # commit to a missing repo
+
+    create = json.dumps({"name": "strict", "organization": "whisper-mlx"}).encode()
+    assert _call(hub, "POST", "/api/repos/create", create, token=None)[0] == 401  # writes need a token
+    assert _call(hub, "POST", "/api/repos/create", create, token="hf_wrong")[0] == 401
+    assert _call(hub, "POST", "/api/repos/create", create)[0] == 200
+    assert _call(hub, "POST", "/api/repos/create", create)[0] == 409  # already exists
+    other = json.dumps({"name": "x", "organization": "someone-else"}).encode()
+    assert _call(hub, "POST", "/api/repos/create", other)[0] == 403  # not the user's org
+
+    head = hub.head(repo).sha
+    status, headers, _ = _call(hub, "POST", f"/api/models/{repo}/commit/dev", _commit_body(add))
+    assert status == 404 and headers["X-Error-Code"] == "RevisionNotFound"
+    assert _call(hub, "POST", f"/api/models/{repo}/commit/main", _commit_body(add, parent="0" * 40))[0] == 412
+    lfs = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "ab" * 32, "size": 3}}
+    assert _call(hub, "POST", f"/api/models/{repo}/commit/main", _commit_body(lfs))[0] == 422  # never uploaded
+    assert _call(hub, "POST", f"/api/models/{repo}/commit/main", _commit_body())[0] == 400  # empty commit
+    assert hub.head(repo).sha == head  # nothing above changed the repo
+
+    data = b"model weights"
+    oid = hashlib.sha256(data).hexdigest()
+    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}], "hash_algo": "sha256"}
+    status, _, raw = _call(hub, "POST", f"/{repo}.git/info/lfs/objects/batch", json.dumps(batch).encode())
+    href = json.loads(raw)["objects"][0]["actions"]["upload"]["href"]
+    path = href[len(hub.endpoint):]
+    assert _call(hub, "PUT", path, b"other content!", content_type="application/octet-stream")[0] == 400  # oid checked
+    assert _call(hub, "PUT", "/lfs-upload/" + "0" * 32, data, content_type="application/octet-stream")[0] == 403
+    assert _call(hub, "PUT", path, data, content_type="application/octet-stream")[0] == 200
+    lfs = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid, "size": len(data)}}
+    assert _call(hub, "POST", f"/api/models/{repo}/commit/main", _commit_body(add, lfs, parent=head))[0] == 200
+    assert hub.read(repo, "w.bin") == data and hub.read(repo, "a.txt") == b"hi"
+    assert hub.head(repo).parent == head
+
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port)
+    conn.request("HEAD", f"/{repo}/resolve/main/w.bin")  # an LFS file: redirect to the "CDN" host
+    answer = conn.getresponse()
+    assert answer.status == 302 and answer.headers["Location"].startswith(hub.cdn)
+    assert answer.headers["X-Linked-Etag"] == f'"{oid}"' and answer.headers["X-Linked-Size"] == str(len(data))
+    assert answer.headers["X-Repo-Commit"] == hub.head(repo).sha
+    conn.close()
+    status, headers, _ = _call(hub, "GET", f"/{repo}/resolve/main/missing.txt", token=None)
+    assert status == 404 and headers["X-Error-Code"] == "EntryNotFound" and headers["X-Repo-Commit"] == hub.head(repo).sha
