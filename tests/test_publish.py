@@ -221,3 +221,15 @@ def test_publish_unknown_variant_and_argument_errors(hub, built, tmp_path):
     both = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--all")
     assert both.returncode == 2 and "not both" in both.stderr
     assert writes(hub) == []
+
+
+def test_publish_all_publishes_what_is_built_and_refuses_the_rest(hub, built, tmp_path):
+    from zoo.manifest import variants
+
+    done = publish_cli(hub, tmp_path / "hf", built.parent, "--all")
+    assert done.returncode == 1  # a release is every manifest variant: the unbuilt ones are refused
+    assert list(hub.repos) == [REPO]
+    assert_remote_matches(hub, built)
+    refused = done.stderr.strip().splitlines()
+    assert len(refused) == len(variants()) - 1
+    assert all(line.startswith("refused ") and "not built" in line for line in refused)
