@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -288,8 +289,6 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- plumbing -------------------------------------------------------------------------------
 
     def _dispatch(self, method: str) -> None:
-        import re
-
         url = urlsplit(self.path)
         path = unquote(url.path)
         self.query = parse_qs(url.query)

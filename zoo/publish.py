@@ -229,7 +229,7 @@ def publish(
             if dry_run:
                 return p
             p.commit = push(p, api, revision)
-            log(f"  {'committed ' + str(len(p.uploads)) + ' file(s) as ' + str(p.commit) if p.uploads else 'up to date, nothing uploaded'}")
+            log(f"  committed {len(p.uploads)} file(s) as {p.commit}" if p.uploads else "  up to date, nothing uploaded")
             return p
         except PublishError:
             raise
