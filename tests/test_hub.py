@@ -26,8 +26,8 @@ from whisper_mlx.load import load_model, resolve
 name, audio, revision = sys.argv[1], sys.argv[2], sys.argv[3] or None
 try:
     path = resolve(name, revision=revision)
-    model = load_model(name, revision=revision)
-    text = whisper_mlx.transcribe(audio, model=model, temperature=0.0)["text"] if audio else None
+    load_model(name, revision=revision)
+    text = whisper_mlx.transcribe(audio, path_or_hf_repo=name, temperature=0.0)["text"] if audio else None
 except whisper_mlx.ModelLoadError as e:
     print(json.dumps({"error": str(e)}))
     sys.exit(3)
