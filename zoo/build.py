@@ -183,6 +183,7 @@ def build_family(
 
         def evaluate_dir(d: Path, v=v) -> dict:
             nonlocal fp32_measure
+            log(f"{v.name}: gating {d}")
             m = gates.measure(d, v, clips)
             if v.name == base.name:
                 fp32_measure = m
