@@ -146,3 +146,13 @@ def test_variant_digest_tracks_only_its_own_inputs(tmp_path):
     assert [n for n in before if before[n] != after[n]] == ["tiny.en-4bit"]
     _edit(d / "tiny.en.yaml", lambda x: x["gates"].update(clips=["en_weather"]))
     assert all(after[v.name] != v.digest for v in variants(d))
+
+
+def test_gate_clips_are_declared_speech_clips():
+    from zoo.speech import load_specs
+
+    specs = load_specs()
+    for family in load_manifests():
+        assert set(family.gates.clips) <= set(specs), family.family
+        languages = {specs[c].language for c in family.gates.clips}
+        assert languages == {"en"} if family.language == "en" else len(languages) > 1

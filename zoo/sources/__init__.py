@@ -5,6 +5,9 @@ One module per source kind; `load_source` dispatches on a manifest source's `kin
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from . import ctranslate2, openai, pt, transformers
 from .checkpoint import (
     DIM_FIELDS,
     Checkpoint,
@@ -34,8 +37,6 @@ __all__ = [
 
 def load_source(source) -> Checkpoint:
     """Read one manifest source (zoo.manifest's OpenAISource, PtSource, ...)."""
-    from . import ctranslate2, openai, pt, transformers
-
     if source.kind == "openai":
         return openai.load(source.url, source.sha256)
     if source.kind == "pt":
@@ -49,14 +50,10 @@ def load_source(source) -> Checkpoint:
 
 def available_offline(source) -> bool:
     """True when the source can be read without the network (files present or cached)."""
-    from . import ctranslate2, openai
-
     if source.kind == "openai":
         return openai.available(source.url, source.sha256)
     if source.kind == "ctranslate2":
         return ctranslate2.available(source.location)
-    from pathlib import Path
-
     return Path(source.path).expanduser().exists()
 
 
@@ -89,10 +86,6 @@ def load_for_family(source, family) -> Checkpoint:
 
 def fingerprint(source) -> str:
     """The source's sha256 as declared in the manifest, else computed from its files."""
-    from pathlib import Path
-
-    from . import ctranslate2
-
     if source.kind == "openai":
         return source.sha256
     if source.kind == "pt":
