@@ -211,11 +211,6 @@ def test_odd_valid_audio_transcribes_the_speech(odd_run, clips, name):
     assert result["segments"] and all(s["words"] for s in result["segments"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="openai-whisper's loop hallucinates 'you' on digital silence too; needs transcribe to skip "
-    "windows where MelSource.is_silent(seek, segment_size) (lead's transcribe.py). Remove this mark then.",
-)
 def test_digital_silence_gives_no_words(odd_run):
     _, out = odd_run
     result = json.loads((out / "silence.json").read_text())

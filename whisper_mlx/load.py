@@ -113,6 +113,8 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
         model.alignment_heads = [(int(layer), int(head)) for layer, head in heads]
     model.eval()
     mx.eval(model.parameters())
+    if not quant and backend.on_cpu():
+        model.decoder.transpose_embedding()
     return model
 
 

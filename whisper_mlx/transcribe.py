@@ -245,6 +245,12 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
             window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
             segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
             segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+            if mel.is_silent(seek, segment_size):
+                # digital silence (or 80 dB under the loudest frame): nothing to decode, and
+                # decoding it invites hallucinated text
+                seek += segment_size
+                pbar.update(min(content_frames, seek) - (seek - segment_size))
+                continue
             mel_segment = pad_or_trim(mel.segment(seek, segment_size), N_FRAMES, axis=0)
 
             if carry_initial_prompt:

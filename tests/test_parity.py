@@ -1,0 +1,124 @@
+"""Parity with the reference: whisper_mlx (fp32, greedy) against openai-whisper (PyTorch, CPU) on
+the same checkpoint and the same synthesized speech — transcripts identical, word times close."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import whisper_mlx
+from conftest import openai_reference
+
+OPTIONS = dict(temperature=0.0, word_timestamps=True)
+
+
+def _words(result: dict) -> list[dict]:
+    return [w for s in result["segments"] for w in s["words"]]
+
+
+def _compare(ref: dict, ours: dict) -> float:
+    """Assert identical text and words; return the mean |start/end difference| in seconds."""
+    assert ours["text"] == ref["text"]
+    assert ours["language"] == ref["language"]
+    ref_words, our_words = _words(ref), _words(ours)
+    assert [w["word"] for w in our_words] == [w["word"] for w in ref_words]
+    diffs = [abs(a["start"] - b["start"]) for a, b in zip(ref_words, our_words)]
+    diffs += [abs(a["end"] - b["end"]) for a, b in zip(ref_words, our_words)]
+    return float(np.mean(diffs))
+
+
+@pytest.fixture(scope="module", params=["tiny.en", "base"])
+def pair(request, tiny_en_fp32_dir, base_fp32_dir):
+    model_dir = tiny_en_fp32_dir if request.param == "tiny.en" else base_fp32_dir
+    return request.param, openai_reference(request.param, model_dir), whisper_mlx.load_model(model_dir)
+
+
+def test_english_transcripts_identical_to_reference(pair, clips):
+    name, ref_model, model = pair
+    english = [c for c in clips.values() if c.split == "parity"]
+    assert len(english) >= 8
+    mean_diffs = []
+    for clip in english:
+        ref = ref_model.transcribe(str(clip.path), fp16=False, **OPTIONS)
+        ours = whisper_mlx.transcribe(str(clip.path), model=model, **OPTIONS)
+        mean_diffs.append(_compare(ref, ours))
+        assert ours["text"].strip(), f"{name}/{clip.id}: empty transcript"
+    assert np.mean(mean_diffs) <= 0.020, f"{name}: word times differ by {np.mean(mean_diffs):.3f}s on average"
+
+
+def test_long_clip_uses_several_windows(pair, clips):
+    """The 30 s seek loop: the long story yields segments past the first window."""
+    name, _, model = pair
+    long_clip = clips["en_long_story"]
+    result = whisper_mlx.transcribe(str(long_clip.path), model=model, **OPTIONS)
+    assert max(s["end"] for s in result["segments"]) > 30.0
+    assert {s["seek"] for s in result["segments"]} != {0}
+    for s in result["segments"]:
+        assert set(s) >= {"id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
+                          "compression_ratio", "no_speech_prob", "words"}
+        assert s["start"] <= s["end"]
+        for w in s["words"]:
+            assert s["start"] - 0.01 <= w["start"] <= w["end"] <= s["end"] + 0.01
+            assert 0.0 <= w["probability"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def base_pair(base_fp32_dir):
+    return openai_reference("base", base_fp32_dir), whisper_mlx.load_model(base_fp32_dir)
+
+
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+def test_multilingual_detection_and_translation_match(base_pair, clips, task):
+    ref_model, model = base_pair
+    foreign = [c for c in clips.values() if c.split == "multilingual"]
+    assert {c.language for c in foreign} >= {"es", "de", "fr"}
+    for clip in foreign:
+        ref = ref_model.transcribe(str(clip.path), fp16=False, temperature=0.0, task=task)
+        ours = whisper_mlx.transcribe(str(clip.path), model=model, temperature=0.0, task=task)
+        assert ours["language"] == ref["language"] == clip.language
+        assert ours["text"] == ref["text"]
+
+
+def test_fp16_weights_transcribe_like_fp32(tiny_en_fp16_dir, tiny_en_fp32_dir, clips):
+    fp16 = whisper_mlx.load_model(tiny_en_fp16_dir)
+    fp32 = whisper_mlx.load_model(tiny_en_fp32_dir)
+    for clip in [c for c in clips.values() if c.split == "parity"][:4]:
+        a = whisper_mlx.transcribe(str(clip.path), model=fp16, temperature=0.0)
+        b = whisper_mlx.transcribe(str(clip.path), model=fp32, temperature=0.0)
+        assert a["text"] == b["text"]
+
+
+def test_options_match_reference(tiny_en_fp32_dir, clips):
+    """Beam search, prompts, clip ranges, no timestamps: same output as the reference."""
+    ref_model = openai_reference("tiny.en", tiny_en_fp32_dir)
+    model = whisper_mlx.load_model(tiny_en_fp32_dir)
+    path = str(clips["en_long_story"].path)
+    cases = [
+        dict(beam_size=3, temperature=0.0),
+        dict(initial_prompt="A story about a small village.", temperature=0.0),
+        dict(clip_timestamps="5,20,32", temperature=0.0),
+        dict(without_timestamps=True, temperature=0.0),
+        dict(condition_on_previous_text=False, temperature=0.0, word_timestamps=True,
+             hallucination_silence_threshold=1.0),
+    ]
+    for options in cases:
+        ref = ref_model.transcribe(path, fp16=False, **options)
+        ours = whisper_mlx.transcribe(path, model=model, **options)
+        assert ours["text"] == ref["text"], options
+        assert [round(s["start"], 2) for s in ours["segments"]] == [round(s["start"], 2) for s in ref["segments"]]
+
+
+def test_decode_and_detect_language_api(base_fp32_dir, clips):
+    from whisper_mlx.audio import load_mel, pad_or_trim
+
+    model = whisper_mlx.load_model(base_fp32_dir)
+    clip = clips["de_train"]
+    mel = pad_or_trim(load_mel(str(clip.path), model.dims.n_mels).segment(0, 3000), 3000, axis=0)
+    token, probs = whisper_mlx.detect_language(model, mel)
+    assert max(probs, key=probs.get) == "de"
+    assert abs(sum(probs.values()) - 1.0) < 1e-3
+    result = whisper_mlx.decode(model, mel, whisper_mlx.DecodingOptions(language="de", without_timestamps=True))
+    assert isinstance(result, whisper_mlx.DecodingResult)
+    assert "Berlin" in result.text and result.language == "de"
+    with pytest.raises(ValueError, match="best_of"):
+        whisper_mlx.decode(model, mel, whisper_mlx.DecodingOptions(best_of=2, temperature=0.0))

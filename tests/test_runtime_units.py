@@ -1,0 +1,53 @@
+"""Unit checks of runtime pieces against openai-whisper's own implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_mlx import timing, tokenizer
+
+
+def test_dtw_matches_reference():
+    from whisper.timing import dtw_cpu
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 40), (20, 300), (1, 10), (30, 31)]:
+        x = rng.standard_normal(shape)
+        ref = dtw_cpu(x.copy())
+        ours = timing.dtw(x)
+        np.testing.assert_array_equal(np.stack(ours), ref)
+
+
+def test_median_filter_matches_reference():
+    from whisper.timing import median_filter
+
+    x = np.random.default_rng(1).standard_normal((4, 12, 50)).astype(np.float32)
+    ref = median_filter(torch.from_numpy(x), 7).numpy()
+    np.testing.assert_allclose(timing.median_filter(x, 7), ref)
+
+
+@pytest.mark.parametrize("multilingual", [False, True])
+def test_tokenizer_matches_reference(multilingual):
+    import whisper.tokenizer as wt
+
+    for language, task in [(None, None), ("de", "translate"), ("fr", "transcribe")]:
+        ours = tokenizer.get_tokenizer(multilingual, language=language, task=task)
+        ref = wt.get_tokenizer(multilingual, language=language, task=task)
+        assert ours.sot_sequence == ref.sot_sequence
+        assert ours.non_speech_tokens == ref.non_speech_tokens
+        assert dict(zip(ours.all_language_tokens, ours.all_language_codes)) == dict(
+            zip(ref.all_language_tokens, ref.all_language_codes)
+        )
+        text = " The quick brown fox, 3.14 times — déjà vu!"
+        tokens = ours.encode(text)
+        assert tokens == ref.encode(text)
+        assert ours.decode(tokens) == text
+        assert ours.split_to_word_tokens(tokens + [ours.eot]) == ref.split_to_word_tokens(tokens + [ref.eot])
+
+
+def test_language_names_and_errors():
+    assert tokenizer.get_tokenizer(True, language="German").language == "de"
+    with pytest.raises(ValueError, match="Unsupported language"):
+        tokenizer.get_tokenizer(True, language="klingon")
