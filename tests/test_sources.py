@@ -254,3 +254,11 @@ def test_transformers_directory_round_trip(tiny_en, tmp_path):
     (tmp_path / "hf" / "config.json").write_text("{}")
     with pytest.raises(SourceError, match=r"config\.json: missing field 'num_mel_bins'"):
         transformers.load(tmp_path / "hf")
+
+
+def test_missing_file_on_server_is_a_clear_error(server, tmp_path):
+    _, base_url = server
+    url = f"{base_url}/nope.pt"
+    with pytest.raises(SourceError, match=f"openai source {url}: cannot download \\(HTTP 404"):
+        openai.download(url, "ef" * 32, tmp_path / "dl" / "nope.pt")
+    assert list((tmp_path / "dl").iterdir()) == []

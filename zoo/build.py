@@ -168,7 +168,7 @@ def build_family(
     fp32_measure = None
     if base.name not in {v.name for v in todo}:
         log(f"{family.family}: measuring fp32 baseline {base.name}")
-        if is_built(out / base.name):
+        if is_built(out / base.name, {**inputs, "manifest_digest": base.digest}):
             fp32_measure = gates.measure(out / base.name, base, clips)
         else:
             with tempfile.TemporaryDirectory(dir=out, prefix=f".{base.name}.scratch-") as scratch:

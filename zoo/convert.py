@@ -146,8 +146,6 @@ def convert_size(
     check_params(dtype, q_bits, q_group_size)
     family = find_family(size, manifests_dir)
     ckpt = load_first_available(family)
-    if ckpt.alignment_heads is None:
-        ckpt.alignment_heads = family.alignment_heads
     suffix = f"{q_bits}bit" if q_bits else {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}[dtype]
     return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=f"{family.family}-{suffix}")
 

@@ -62,6 +62,11 @@ def download(url: str, sha256: str, dest: Path | None = None, timeout: float = 3
                 while block := response.read(1 << 20):
                     f.write(block)
                     bar.update(len(block))
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the partial file is not a prefix the server knows: start over
+            part.unlink(missing_ok=True)
+            return download(url, sha256, dest, timeout)
+        raise SourceError(f"{KIND} source {url}: cannot download (HTTP {e.code} {e.reason})") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise SourceError(f"{KIND} source {url}: cannot download ({reason}); offline? use an offline source") from None
