@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +42,9 @@ def env(tmp_path_factory):
     data["gates"]["clips"] = GATE_CLIPS
     data["variants"] = [v for v in data["variants"] if v["name"] in ("tiny.en-fp32", "tiny.en-4bit")]
     (manifests / "tiny.en.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    shutil.copy(MANIFESTS_DIR / "small.en.yaml", manifests / "small.en.yaml")
+    small = yaml.safe_load((MANIFESTS_DIR / "small.en.yaml").read_text())
+    small["sources"][0]["url"] = "http://127.0.0.1:9/small.en.pt"  # never download in tests
+    (manifests / "small.en.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
     environ = dict(os.environ)
     environ["WHISPER_MLX_CACHE"] = str(CACHE / "zoo")  # reference transcripts, reused across runs
     environ["WHISPER_MLX_CHECKPOINTS"] = str(root / "no-downloads")
@@ -168,7 +169,7 @@ def test_offline_only_reports_network_sources(env, tmp_path):
     rows = r.stdout.splitlines()[1:]
     assert [row.split()[:2] for row in rows] == [["small.en-fp16", "offline-unavailable"],
                                                  ["small.en-4bit", "offline-unavailable"]]
-    assert "not buildable offline: every source needs the network (https://openaipublic" in rows[0]
+    assert "not buildable offline: every source needs the network (http://127.0.0.1:9/small.en.pt)" in rows[0]
     assert not any((tmp_path / "o").iterdir())
     # without --offline-only the unreachable source is an error, and the build fails
     r = _run(env, "small.en-fp16", "--out", str(tmp_path / "o"))

@@ -10,10 +10,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+import yaml
 
 import whisper_mlx
 from zoo.convert import ConvertError, convert
 from zoo.gates import wer
+from zoo.manifest import MANIFESTS_DIR
 from zoo.sources import ctranslate2, write_openai_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,10 +112,17 @@ def test_tool_converts_a_size_name_and_a_local_pt(tiny_en, tmp_path):
     assert config["alignment_heads"] is None  # a bare .pt carries none: the runtime uses its default
 
 
-def test_tool_reports_bad_input_in_one_line(tmp_path):
+def test_tool_reports_bad_input_in_one_line(tmp_path, monkeypatch):
     r = _tool("--torch-name-or-path", "tiny.fr", "--mlx-path", str(tmp_path / "x"))
     assert r.returncode == 1 and not (tmp_path / "x").exists()
     assert r.stderr.strip().count("\n") == 0 and "no model family 'tiny.fr'" in r.stderr
-    r = _tool("--torch-name-or-path", "small.en", "--mlx-path", str(tmp_path / "x"))  # needs the network
+    # a family whose only source is unreachable (never download in tests)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    small = yaml.safe_load((MANIFESTS_DIR / "small.en.yaml").read_text())
+    small["sources"][0]["url"] = "http://127.0.0.1:9/small.en.pt"
+    (manifests / "small.en.yaml").write_text(yaml.safe_dump(small))
+    monkeypatch.setenv("WHISPER_MLX_MANIFESTS", str(manifests))
+    r = _tool("--torch-name-or-path", "small.en", "--mlx-path", str(tmp_path / "x"))
     assert r.returncode == 1 and "small.en" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "x").exists()
