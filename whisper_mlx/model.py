@@ -41,6 +41,18 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> np.nd
     return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
 
 
+LOG2_E = 1.4426950408889634
+
+
+def attention_base2(q: mx.array, k_t: mx.array, v: mx.array, scale: float) -> mx.array:
+    """softmax(q k^T * scale) v, computed as 2^(scores * log2 e) and normalized after the product:
+    the same function, but on CPUs MLX's exp2 is about twice as fast as exp, and dividing the
+    (T, D) output touches far fewer values than the (T, S) weights."""
+    scores = (q * (scale * LOG2_E)) @ k_t
+    weights = mx.power(2.0, scores - scores.max(axis=-1, keepdims=True))
+    return (weights @ v) / weights.sum(axis=-1, keepdims=True)
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int):
         super().__init__()
@@ -80,13 +92,19 @@ class MultiHeadAttention(nn.Module):
             k_t, v = kv
             w = mx.softmax((q * scale) @ k_t, axis=-1)
             return self.out(self.merge(w @ v)), kv
-        else:
-            k, v = self.heads(self.key(x)), self.heads(self.value(x))
-            if kv is not None:
-                k = mx.concatenate([kv[0], k], axis=2)
-                v = mx.concatenate([kv[1], v], axis=2)
+        k, v = self.heads(self.key(x)), self.heads(self.value(x))
+        if kv is not None:
+            k = mx.concatenate([kv[0], k], axis=2)
+            v = mx.concatenate([kv[1], v], axis=2)
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         return self.out(self.merge(o)), (k, v)
+
+    def full(self, x: mx.array) -> mx.array:
+        """Unmasked self-attention over all of x (the encoder's)."""
+        q = self.heads(self.query(x))
+        k_t = self.key(x).reshape(x.shape[0], x.shape[1], self.n_head, -1).transpose(0, 2, 3, 1)
+        o = attention_base2(q, k_t, self.heads(self.value(x)), q.shape[-1] ** -0.5)
+        return self.out(self.merge(o))
 
     def qk(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
         """Cross-attention weights (B, H, T, S) before softmax, for word-level timing."""
@@ -108,8 +126,11 @@ class ResidualAttentionBlock(nn.Module):
 
     def __call__(self, x, mask=None, kv=None, cross_kv=None, want_qk: bool = False):
         """Returns (x, self-attention kv, cross-attention QK if want_qk else None)."""
-        y, kv = self.attn(self.attn_ln(x), mask=mask, kv=kv)
-        x = x + y
+        if self.cross_attn is None:  # an encoder block
+            x = x + self.attn.full(self.attn_ln(x))
+        else:
+            y, kv = self.attn(self.attn_ln(x), mask=mask, kv=kv)
+            x = x + y
         qk = None
         if self.cross_attn is not None:
             h = self.cross_attn_ln(x)
