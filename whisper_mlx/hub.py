@@ -49,6 +49,8 @@ def resolve_remote(name: str, revision: str | None = None) -> Path:
     if is_repo_id(name):
         return download(name, revision, tried=f"{name!r}: not a local model directory, not a zoo short name")
     repos = registry()
+    if name not in repos and f"{name}-fp16" in repos:
+        name = f"{name}-fp16"  # a bare family name ("tiny.en") means its fp16 release
     if name in repos:
         return download(repos[name], revision, tried=f"{name!r}: zoo short name for {repos[name]}")
     close = difflib.get_close_matches(name, list(repos), n=3)

@@ -43,7 +43,7 @@ def _cached_model(path_or_hf_repo: str, dtype) -> Whisper:
 def transcribe(
     audio: str | Path | np.ndarray | mx.array,
     *,
-    path_or_hf_repo: str = "tiny.en",
+    path_or_hf_repo: str = "tiny",
     model: Whisper | None = None,
     dtype=None,
     verbose: bool | None = None,
@@ -64,7 +64,8 @@ def transcribe(
     """Transcribe an audio file or 16 kHz mono array with a Whisper model.
 
     audio: a path (any format FFmpeg reads) or a float32 waveform at 16 kHz.
-    path_or_hf_repo: a model directory, a Hub repo id or a zoo short name (`tiny.en-4bit`);
+    path_or_hf_repo: a model directory, a Hub repo id or a zoo short name (`tiny.en-4bit`; a bare
+        size like `tiny` means its fp16 variant);
         ignored when `model` (from `load_model`) is given.
     verbose: True prints each segment, False shows a progress bar, None is silent.
     temperature: a value or a tuple of fallbacks, tried in order when a window's result is too
