@@ -184,3 +184,20 @@ def test_list_and_bad_names(env):
     assert "tiny.en-fp32\twhisper-mlx/whisper-tiny.en-fp32\tfloat32\t-\toffline" in r.stdout
     r = _run(env, "tiny.en-3bit", "--out", "unused")
     assert r.returncode == 2 and "no variant named tiny.en-3bit" in r.stderr
+
+
+def test_multilingual_card_languages_survive_yaml():
+    """Every language code reads back as a string (unquoted `no` would be YAML's false)."""
+    from zoo.card import languages, render_card
+    from zoo.manifest import find_variant
+
+    variant = find_variant("base-8bit")
+    metrics = {k: 1.0 for k in ("wer", "fp32_wer", "reference_wer", "rtf", "rtf_ratio", "peak_memory_mb",
+                                "memory_ratio")}
+    metrics.update(clips=18, identical_clips=18)
+    evaluation = {"passed": True, "checks": [], "metrics": metrics}
+    provenance = {"kind": "ctranslate2", "location": ["a", "b"]}
+    card = render_card(variant, evaluation, provenance, "0" * 64)
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["language"] == languages(variant) and len(meta["language"]) == 99 and "no" in meta["language"]
+    assert "`ctranslate2`: a + b" in card
