@@ -13,14 +13,11 @@ CACHE = Path(os.environ.get("WHISPER_MLX_TEST_CACHE", ROOT / ".cache" / "tests")
 
 
 def _checkpoint(family_name: str):
+    """The family's OpenAI state dict from its offline source (with the manifest's heads)."""
     from zoo.manifest import find_family
     from zoo.sources import load_first_available
 
-    family = find_family(family_name)
-    ckpt = load_first_available(family, offline_only=True)
-    if ckpt.alignment_heads is None:
-        ckpt.alignment_heads = family.alignment_heads
-    return ckpt
+    return load_first_available(find_family(family_name), offline_only=True)
 
 
 def _model_dir(family_name: str, dtype: str, q_bits: int | None = None) -> Path:
