@@ -57,6 +57,7 @@ def inputs_of(variant: Variant, source_sha256: str) -> dict:
     """What determines a variant's output; unchanged inputs + complete dir = nothing to do."""
     return {
         "manifest_digest": variant.digest,
+        "repo_id": variant.repo_id,  # the org may come from the environment; the card names it
         "source_sha256": source_sha256,
         "converter_version": CONVERTER_VERSION,
     }
@@ -145,10 +146,10 @@ def build_family(
         why = f"not buildable offline: every source needs the network ({needs})"
         return [Outcome(v.name, "offline-unavailable", None, why) for v in wanted]
     source = sources[0]
-    inputs = inputs_of(wanted[0], fingerprint(source))
+    source_sha256 = fingerprint(source)
     outcomes, todo = [], []
     for v in wanted:
-        v_inputs = {**inputs, "manifest_digest": v.digest}
+        v_inputs = inputs_of(v, source_sha256)
         if is_built(out / v.name, v_inputs):
             outcomes.append(Outcome(v.name, "up-to-date", stored_result(out / v.name), "inputs unchanged"))
         else:
@@ -168,7 +169,7 @@ def build_family(
     fp32_measure = None
     if base.name not in {v.name for v in todo}:
         log(f"{family.family}: measuring fp32 baseline {base.name}")
-        if is_built(out / base.name, {**inputs, "manifest_digest": base.digest}):
+        if is_built(out / base.name, inputs_of(base, source_sha256)):
             fp32_measure = gates.measure(out / base.name, base, clips)
         else:
             with tempfile.TemporaryDirectory(dir=out, prefix=f".{base.name}.scratch-") as scratch:
@@ -191,7 +192,7 @@ def build_family(
 
         try:
             with atomic_dir(out / v.name) as tmp:
-                evaluation = write_variant(v, ckpt, tmp, evaluate_dir, {**inputs, "manifest_digest": v.digest})
+                evaluation = write_variant(v, ckpt, tmp, evaluate_dir, inputs_of(v, source_sha256))
         except (OSError, ValueError, RuntimeError) as e:
             outcomes.append(Outcome(v.name, "error", None, str(e)))
             continue
