@@ -12,6 +12,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import backend
+
 
 @dataclass(frozen=True)
 class ModelDimensions:
@@ -42,6 +44,27 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> np.nd
 
 
 LOG2_E = 1.4426950408889634
+
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (Eigen's float rational approximation; max error 4e-7,
+# like MLX's own erf), evaluated as one fused multiply-add chain: 7x faster on CPUs than nn.gelu.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+@mx.compile
+def gelu(x: mx.array) -> mx.array:
+    """Exact (erf) GELU, as openai/whisper's nn.GELU()."""
+    z = mx.clip(x * 0.7071067811865476, -4.0, 4.0)
+    z2 = z * z
+    p = _ERF_P[0]
+    for c in _ERF_P[1:]:
+        p = p * z2 + c
+    q = _ERF_Q[0]
+    for c in _ERF_Q[1:]:
+        q = q * z2 + c
+    return 0.5 * x * (1.0 + z * p / q)
 
 
 def attention_base2(q: mx.array, k_t: mx.array, v: mx.array, scale: float) -> mx.array:
@@ -100,8 +123,13 @@ class MultiHeadAttention(nn.Module):
         return self.out(self.merge(o)), (k, v)
 
     def full(self, x: mx.array) -> mx.array:
-        """Unmasked self-attention over all of x (the encoder's)."""
+        """Unmasked self-attention over all of x (the encoder's); on a GPU, MLX's fused kernel."""
         q = self.heads(self.query(x))
+        if not backend.on_cpu():
+            o = mx.fast.scaled_dot_product_attention(
+                q, self.heads(self.key(x)), self.heads(self.value(x)), scale=q.shape[-1] ** -0.5
+            )
+            return self.out(self.merge(o))
         k_t = self.key(x).reshape(x.shape[0], x.shape[1], self.n_head, -1).transpose(0, 2, 3, 1)
         o = attention_base2(q, k_t, self.heads(self.value(x)), q.shape[-1] ** -0.5)
         return self.out(self.merge(o))
@@ -121,6 +149,7 @@ class ResidualAttentionBlock(nn.Module):
         self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
         self.cross_attn_ln = nn.LayerNorm(n_state) if cross_attention else None
         n_mlp = n_state * 4
+        # indices 0 and 2 carry openai/whisper's names mlp.0 / mlp.2; 1 (nn.GELU) runs as `gelu`
         self.mlp = [nn.Linear(n_state, n_mlp), nn.GELU(), nn.Linear(n_mlp, n_state)]
         self.mlp_ln = nn.LayerNorm(n_state)
 
@@ -138,10 +167,7 @@ class ResidualAttentionBlock(nn.Module):
                 qk = self.cross_attn.qk(h, cross_kv)
             y, _ = self.cross_attn(h, kv=cross_kv, cross=True)
             x = x + y
-        h = self.mlp_ln(x)
-        for layer in self.mlp:
-            h = layer(h)
-        return x + h, kv, qk
+        return x + self.mlp[2](gelu(self.mlp[0](self.mlp_ln(x)))), kv, qk
 
 
 class AudioEncoder(nn.Module):
@@ -155,8 +181,8 @@ class AudioEncoder(nn.Module):
 
     def __call__(self, mel: mx.array) -> mx.array:
         """mel (B, 2*n_audio_ctx, n_mels) -> audio features (B, n_audio_ctx, n_audio_state)."""
-        x = nn.gelu(self.conv1(mel))
-        x = nn.gelu(self.conv2(x))
+        x = gelu(self.conv1(mel))
+        x = gelu(self.conv2(x))
         x = x + self.positional_embedding[: x.shape[1]].astype(x.dtype)
         for block in self.blocks:
             x, _, _ = block(x)
