@@ -1,0 +1,33 @@
+"""On the GPU machine: build the model directories tests/conftest.py expects from the carried
+OpenAI .pt checkpoints (the device has no CTranslate2 packages), with the manifests' alignment heads."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+
+from conftest import CACHE  # noqa: E402
+from zoo.convert import convert  # noqa: E402
+from zoo.manifest import find_family  # noqa: E402
+from zoo.sources import pt  # noqa: E402
+
+VARIANTS = {"tiny.en": [("float32", None), ("float16", None), ("float16", 4), ("float16", 8)],
+            "base": [("float32", None), ("float16", None)]}
+
+
+def main() -> None:
+    for family_name, variants in VARIANTS.items():
+        ckpt = pt.load(CACHE / "models" / f"{family_name}.pt")
+        ckpt.alignment_heads = find_family(family_name).alignment_heads
+        for dtype, q_bits in variants:
+            suffix = f"{q_bits}bit" if q_bits else {"float32": "fp32", "float16": "fp16"}[dtype]
+            out = CACHE / "models" / f"{family_name}-{suffix}"
+            if not (out / "config.json").is_file():
+                convert(ckpt, out, dtype=dtype, q_bits=q_bits, name=out.name)
+            print("built", out)
+
+
+if __name__ == "__main__":
+    main()
