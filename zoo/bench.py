@@ -304,22 +304,22 @@ def run_once(entry: Entry, model: Path, clip: BenchClip, threads: int, timeout_s
 
 
 def clip_wer(clip: BenchClip, hypothesis: str) -> float:
-    """WER (percent) against the clip's text; for a trimmed clip, against the prefix of its
-    text that the hypothesis matches best (the words after the cut were never spoken)."""
+    """WER (percent) against the clip's text; for a trimmed clip, against the non-empty prefix of
+    its text closest to the hypothesis (ties: the shorter), since words after the cut were never
+    spoken."""
     from zoo.gates import normalize
 
     ref, hyp = normalize(clip.text), normalize(hypothesis)
-    # prev[j]: edits between ref[:i] and hyp[:j]; keep each row's distance to the whole hyp
-    prev = list(range(len(hyp) + 1))
-    best = (prev[-1], 0) if clip.trimmed else None
+    prev = list(range(len(hyp) + 1))  # prev[j]: edits between ref[:i] and hyp[:j]
+    best: tuple[int, int] | None = None  # (edits, prefix length) of the closest prefix
     for i, r in enumerate(ref, 1):
         cur = [i] + [0] * len(hyp)
         for j, h in enumerate(hyp, 1):
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
-        if clip.trimmed and (cur[-1] / i, -i) < (best[0] / max(best[1], 1), -best[1]):
+        if clip.trimmed and (best is None or cur[-1] < best[0]):
             best = (cur[-1], i)
-    errors, n = best if clip.trimmed else (prev[-1], len(ref))
+    errors, n = best if best is not None else (prev[-1], len(ref))
     return 100.0 * errors / max(n, 1)
 
 
