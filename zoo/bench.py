@@ -431,7 +431,20 @@ def machine(threads: int) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
-            "python": platform.python_version(), "load_avg_at_end": _load_avg(), "versions": versions}
+            "python": platform.python_version(), "load_avg_at_end": _load_avg(), "versions": versions,
+            "git": _git_revision()}
+
+
+def _git_revision() -> str | None:
+    """The checkout's commit ("+dirty" with uncommitted changes to whisper_mlx/), or None."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "whisper_mlx"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (rev + ("+dirty" if dirty else "")) or None
 
 
 def _read(path: str) -> str:
@@ -473,7 +486,7 @@ def format_table(result: dict) -> str:
                          f"| <= {t['limit']} | {'ok' if t['ok'] else 'MISSED'} |")
     m = result["machine"]
     lines += ["", f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; {result['config']['repeats']} "
-              f"alternating repetitions; load average at end {m['load_avg_at_end']}"]
+              f"alternating repetitions; load average at end {m['load_avg_at_end']}; git {m.get('git')}"]
     return "\n".join(lines)
 
 
