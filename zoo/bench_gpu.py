@@ -135,7 +135,11 @@ def random_torch_model(dims: ModelDimensions, seed: int = 0):
 
     torch.manual_seed(seed)
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**asdict(dims)))
-    return model.to("cuda").half().eval()
+    model = model.to("cuda").half().eval()
+    for m in model.modules():  # openai-whisper's LayerNorm computes in float32 with float32 weights
+        if isinstance(m, torch.nn.LayerNorm):
+            m.float()
+    return model
 
 
 def mlx_greedy_fixed(model: Whisper, mel: mx.array, prompt: list[int], n_tokens: int) -> tuple[float, float, list[int]]:
