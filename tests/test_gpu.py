@@ -47,15 +47,23 @@ def parity_paths(clips):
     return paths
 
 
+_CPU_REFERENCES: dict[str, list[dict]] = {}
+
+
+def _cpu_fp32(family: str, paths) -> list[dict]:
+    """CPU fp32 transcripts of `paths` (the reference the GPU must match), computed once."""
+    if family not in _CPU_REFERENCES:
+        before = mx.default_device()
+        try:
+            _CPU_REFERENCES[family] = _run("cpu", _model_dir(family, "float32"), paths)
+        finally:
+            mx.set_default_device(before)
+    return _CPU_REFERENCES[family]
+
+
 @pytest.fixture(scope="module", params=["tiny.en", "base"])
 def cpu_reference(request, parity_paths):
-    """CPU fp32 transcripts of the parity clips (the reference the GPU must match)."""
-    family = request.param
-    before = mx.default_device()
-    try:
-        return family, _run("cpu", _model_dir(family, "float32"), parity_paths)
-    finally:
-        mx.set_default_device(before)
+    return request.param, _cpu_fp32(request.param, parity_paths)
 
 
 def test_gpu_is_the_default_and_reported():
@@ -99,7 +107,7 @@ def test_quantized_on_gpu_close_to_reference(clips, parity_paths, q_bits):
     """Quantized layers computed on the GPU: near the CPU fp32 transcript of the same model,
     and near the text the clips were synthesized from."""
     truth = {c.path: c.text for c in clips.values() if c.split == "parity"}
-    reference = _run("cpu", _model_dir("tiny.en", "float32"), parity_paths)
+    reference = _cpu_fp32("tiny.en", parity_paths)
     ours = _run("gpu", _model_dir("tiny.en", "float16", q_bits=q_bits), parity_paths)
     to_ref = corpus_wer([(r["text"], o["text"]) for r, o in zip(reference, ours)])
     to_truth = corpus_wer([(truth[p], o["text"]) for p, o in zip(parity_paths, ours)])
