@@ -249,6 +249,9 @@ def _log10_block(signal: "_ArraySignal | _StreamSignal", k: int, n_mels: int) ->
     return out
 
 
+SILENCE_LOG10_POWER = -7.0
+
+
 def _normalize(log_spec: mx.array, global_max: mx.array) -> mx.array:
     """openai-whisper's dynamic range clamp (max - 8) and scaling to roughly [-1, 1]."""
     return (mx.maximum(log_spec, global_max - 8.0) + 4.0) / 4.0
@@ -377,14 +380,16 @@ class MelSource:
         return _normalize(window[start - offset : stop - offset], self._global_max)
 
     def is_silent(self, start: int, size: int) -> bool:
-        """True when frames [start, start + size) are digital silence or 80 dB or more under the
-        file's loudest frame: after the dynamic-range clamp the model sees a constant input there,
-        on which Whisper hallucinates ("you"), so a transcriber can skip such windows."""
+        """True when frames [start, start + size) are silence: 80 dB or more under the file's
+        loudest frame (the model then sees a constant input), or no mel band above -70 dB (log10
+        power -7: dithered digital silence sits near -80 dB, any audible sound far above).
+        Whisper hallucinates ("you") on such windows, so a transcriber skips them."""
         window = self.segment(start, size)
         if window.size == 0:
             return True
         floor = _normalize(mx.maximum(self._global_max - 8.0, -10.0), self._global_max)
-        return bool(window.max() <= floor)
+        quiet = _normalize(mx.array(SILENCE_LOG10_POWER), self._global_max)
+        return bool(window.max() <= mx.maximum(floor, quiet))
 
 
 def load_mel(
