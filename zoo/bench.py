@@ -485,6 +485,10 @@ def format_table(result: dict) -> str:
             lines.append(f"| {t['family']} | {t['clip']} | {t['ratio']} ({what}) | {t['value']:.2f} "
                          f"| <= {t['limit']} | {'ok' if t['ok'] else 'MISSED'} |")
     m = result["machine"]
+    load = m.get("load_avg_at_end") or [0.0]
+    if load[-1] > m["cores"]:
+        lines += ["", f"WARNING: the machine was busy (15-min load average {load[-1]} on {m['cores']} cores): "
+                      "other processes competed for the CPU, times are inflated and ratios unreliable."]
     lines += ["", f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; {result['config']['repeats']} "
               f"alternating repetitions; load average at end {m['load_avg_at_end']}; git {m.get('git')}"]
     return "\n".join(lines)
