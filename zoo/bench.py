@@ -172,15 +172,11 @@ def _atomic_run(cmd: list[str], out: Path) -> None:
 
 
 def _checkpoint(family_name: str):
-    """The family's OpenAI state dict from its first offline source (the manifest's heads)."""
+    """The family's OpenAI state dict from its offline source (with the manifest's heads)."""
     from zoo.manifest import find_family
     from zoo.sources import load_first_available
 
-    family = find_family(family_name)
-    ckpt = load_first_available(family, offline_only=True)
-    if ckpt.alignment_heads is None:
-        ckpt.alignment_heads = family.alignment_heads
-    return ckpt
+    return load_first_available(find_family(family_name), offline_only=True)
 
 
 def whisper_mlx_dir(family: str, variant: str, cache: Path = DEFAULT_CACHE) -> Path:
