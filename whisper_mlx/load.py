@@ -107,7 +107,6 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise ModelLoadError(f"{model_dir / 'weights.safetensors'}: weights do not match config.json ({e})") from None
-    model.set_dtype(dtype, predicate=lambda t: mx.issubdtype(t, mx.floating))
     heads = config.get("alignment_heads")
     if heads:
         model.alignment_heads = [(int(layer), int(head)) for layer, head in heads]
