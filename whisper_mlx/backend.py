@@ -1,7 +1,8 @@
 """Pick MLX's compute backend before `mlx.core` is imported.
 
 On Linux the `mlx-cpu` wheel links the reference (netlib) BLAS, ~25x slower than an optimized
-one. Loading OpenBLAS with RTLD_GLOBAL before MLX resolves `cblas_sgemm` makes MLX use it.
+one. Loading OpenBLAS with RTLD_GLOBAL before MLX resolves `cblas_sgemm` makes MLX use it;
+whisper_mlx's C kernels (cpu_kernels.py), loaded just before it, route one-row products to sgemv.
 This module must be imported before anything imports `mlx.core`; `whisper_mlx/__init__` does so.
 """
 
@@ -11,6 +12,8 @@ import ctypes
 import os
 import platform
 import sys
+
+from . import cpu_kernels
 
 # Debian/Ubuntu (libopenblas0-pthread), Fedora, Alpine; WHISPER_MLX_BLAS overrides.
 _BLAS_CANDIDATES = (
@@ -45,6 +48,9 @@ def _preload_blas() -> None:
         return
     for path in ([wanted] if wanted else _BLAS_CANDIDATES):
         if path and os.path.exists(path):
+            if cpu_kernels.load(path):
+                BLAS = path
+                return
             try:
                 ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             except OSError:
@@ -82,6 +88,7 @@ def report() -> dict:
         "device": "gpu" if not on_cpu() else "cpu",
         "gpu_available": bool(mx.is_available(mx.gpu)),
         "blas": BLAS,
+        "cpu_kernels": str(cpu_kernels.library_path()) if cpu_kernels.available() else "not loaded (MLX's own)",
         "platform": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),
     }

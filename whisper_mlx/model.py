@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend
+from . import backend, cpu_kernels
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,13 @@ def gelu(x: mx.array) -> mx.array:
     for c in _ERF_Q[1:]:
         q = q * z2 + c
     return (0.5 * x * (1.0 + z * p / q)).astype(dtype)
+
+
+def _gelu(x: mx.array) -> mx.array:
+    """`gelu`, in place through the C kernel for float32 on the CPU (fresh activations only)."""
+    if x.dtype == mx.float32 and backend.on_cpu() and cpu_kernels.available():
+        return cpu_kernels.gelu_(x)
+    return gelu(x)
 
 
 def attention_base2(q: mx.array, k_t: mx.array, v: mx.array, scale: float) -> mx.array:
@@ -125,7 +132,10 @@ class MultiHeadAttention(nn.Module):
         return self.out(self.merge(o)), (k, v)
 
     def full(self, x: mx.array) -> mx.array:
-        """Unmasked self-attention over all of x (the encoder's); on a GPU, MLX's fused kernel."""
+        """Unmasked self-attention over all of x (the encoder's); on a GPU, MLX's fused kernel,
+        on a CPU the C kernel (blocked, vectorized exp) where it is built."""
+        if backend.on_cpu() and cpu_kernels.available() and x.dtype == mx.float32:
+            return self.out(cpu_kernels.attention(self.query(x), self.key(x), self.value(x), self.n_head))
         q = self.heads(self.query(x))
         if not backend.on_cpu():
             o = mx.fast.scaled_dot_product_attention(
@@ -169,7 +179,8 @@ class ResidualAttentionBlock(nn.Module):
                 qk = self.cross_attn.qk(h, cross_kv)
             y, _ = self.cross_attn(h, kv=cross_kv, cross=True)
             x = x + y
-        return x + self.mlp[2](gelu(self.mlp[0](self.mlp_ln(x)))), kv, qk
+        act = gelu if self.cross_attn is not None else _gelu  # decoder steps stay one lazy graph
+        return x + self.mlp[2](act(self.mlp[0](self.mlp_ln(x)))), kv, qk
 
 
 class AudioEncoder(nn.Module):
@@ -183,8 +194,8 @@ class AudioEncoder(nn.Module):
 
     def __call__(self, mel: mx.array) -> mx.array:
         """mel (B, 2*n_audio_ctx, n_mels) -> audio features (B, n_audio_ctx, n_audio_state)."""
-        x = gelu(self.conv1(mel))
-        x = gelu(self.conv2(x))
+        x = _gelu(self.conv1(mel))
+        x = _gelu(self.conv2(x))
         x = x + self.positional_embedding[: x.shape[1]].astype(x.dtype)
         for block in self.blocks:
             x, _, _ = block(x)

@@ -1,0 +1,110 @@
+"""The C kernels (csrc/cpu_kernels.c) against plain MLX/NumPy math, and the encoder with them
+against the encoder without them (WHISPER_MLX_KERNELS=none) on real weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import whisper_mlx  # noqa: I001  (first: loads the kernels and OpenBLAS before mlx.core)
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from whisper_mlx import backend, cpu_kernels
+from whisper_mlx.model import gelu
+
+pytestmark = pytest.mark.skipif(
+    not (sys.platform == "linux" and cpu_kernels.available()), reason="C kernels are built on Linux only"
+)
+
+
+def reference_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int) -> np.ndarray:
+    t, c = q.shape
+    d = c // n_head
+    qh, kh, vh = (a.reshape(-1, n_head, d).transpose(1, 0, 2).astype(np.float64) for a in (q, k, v))
+    scores = qh @ kh.transpose(0, 2, 1) * d**-0.5
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    return (w @ vh).transpose(1, 0, 2).reshape(t, c)
+
+
+@pytest.mark.parametrize("t,s,n_head,d", [(1500, 1500, 6, 64), (70, 130, 3, 20), (1, 9, 2, 8)])
+def test_attention_matches_softmax_attention(t, s, n_head, d):
+    rng = np.random.default_rng(t)
+    q = rng.normal(size=(t, n_head * d)).astype(np.float32) * 2
+    k = rng.normal(size=(s, n_head * d)).astype(np.float32) * 2
+    v = rng.normal(size=(s, n_head * d)).astype(np.float32)
+    out = np.array(cpu_kernels.attention(mx.array(q[None]), mx.array(k[None]), mx.array(v[None]), n_head))[0]
+    np.testing.assert_allclose(out, reference_attention(q, k, v, n_head), atol=2e-5, rtol=1e-4)
+
+
+def test_attention_batches_and_strided_inputs():
+    """Batched windows and non-contiguous inputs (a transposed view) give per-window results."""
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 40, 32)).astype(np.float32)
+    kv = rng.normal(size=(2, 32, 50)).astype(np.float32)
+    k = mx.array(kv).transpose(0, 2, 1)  # (2, 50, 32), not contiguous
+    out = np.array(cpu_kernels.attention(mx.array(q), k, k, 4))
+    for i in range(2):
+        np.testing.assert_allclose(out[i], reference_attention(q[i], kv[i].T, kv[i].T, 4), atol=2e-5, rtol=1e-4)
+
+
+def test_gelu_matches_erf_gelu():
+    x = mx.array(np.linspace(-9, 9, 100_003, dtype=np.float32))
+    expected = np.array(gelu(x))
+    x_erf = np.linspace(-9, 9, 100_003)
+    exact = 0.5 * x_erf * (1 + np.vectorize(__import__("math").erf)(x_erf / np.sqrt(2)))
+    got = np.array(cpu_kernels.gelu_(mx.array(np.array(x))))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got, exact, atol=2e-6)
+
+
+@pytest.mark.parametrize("transpose_w", [False, True])
+@pytest.mark.parametrize("transpose_x", [False, True])
+def test_one_row_products_go_to_gemv_and_stay_exact(transpose_x, transpose_w):
+    """x @ W with one row, in every layout MLX hands to cblas_sgemm, equals NumPy's product."""
+    rng = np.random.default_rng(1)
+    x_np = rng.normal(size=(1, 96)).astype(np.float32)
+    w_np = rng.normal(size=(96, 130)).astype(np.float32)
+    x = mx.array(x_np.T.copy()).T if transpose_x else mx.array(x_np)
+    w = mx.array(w_np.T.copy()).T if transpose_w else mx.array(w_np)
+    before = cpu_kernels.gemv_calls()
+    out = x @ w
+    mx.eval(out)
+    assert cpu_kernels.gemv_calls() == before + 1
+    np.testing.assert_allclose(np.array(out), x_np @ w_np, rtol=1e-5, atol=1e-4)
+    bias = mx.array(rng.normal(size=(130,)).astype(np.float32))
+    np.testing.assert_allclose(np.array(mx.addmm(bias, x, w)), np.array(bias) + x_np @ w_np, rtol=1e-5, atol=1e-4)
+
+
+def test_doctor_reports_the_kernels():
+    assert backend.report()["cpu_kernels"].endswith(cpu_kernels.library_path().name)
+
+
+ENCODE = """
+import json, sys
+import whisper_mlx, mlx.core as mx, numpy as np
+from whisper_mlx.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+m = whisper_mlx.load_model(sys.argv[1])
+mel = pad_or_trim(log_mel_spectrogram(load_audio(sys.argv[2]), padding=N_SAMPLES), N_FRAMES, axis=0)
+np.save(sys.argv[3], np.array(m.embed_audio(mel[None])))
+from whisper_mlx import cpu_kernels
+print(json.dumps({"kernels": cpu_kernels.available()}))
+"""
+
+
+def test_encoder_with_kernels_matches_mlx_kernels(tiny_en_fp32_dir, clips, tmp_path):
+    """The encoder output on real speech is the same function with and without the C kernels."""
+    audio = str(clips["en_weather"].path)
+    outs = {}
+    for kernels in ("auto", "none"):
+        env = {"WHISPER_MLX_KERNELS": kernels}
+        path = tmp_path / f"{kernels}.npy"
+        proc = subprocess.run([sys.executable, "-c", ENCODE, str(tiny_en_fp32_dir), audio, str(path)],
+                              capture_output=True, text=True, env={**__import__("os").environ, **env}, check=True)
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["kernels"] is (kernels == "auto")
+        outs[kernels] = np.load(path)
+    diff = np.abs(outs["auto"] - outs["none"])
+    assert diff.max() < 2e-3 * np.abs(outs["none"]).max(), diff.max()

@@ -1,0 +1,107 @@
+"""The C kernels of csrc/cpu_kernels.c, for the hot spots MLX's Linux CPU backend leaves slow.
+
+`load` runs before `mlx.core` is imported (backend.py calls it): the library's `cblas_sgemm`
+must come first in the global symbol namespace so one-row products reach `cblas_sgemv`.
+`attention` and `gelu_` work on evaluated MLX arrays through zero-copy NumPy views.
+Without the compiled library (not Linux, or no compiler at install) `available()` is False
+and the model keeps MLX's own kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
+import numpy as np
+
+_LIB: ctypes.CDLL | None = None
+_P = ctypes.c_void_p
+
+
+def library_path() -> Path | None:
+    """The built `_cpu_kernels` shared library next to this file, if there is one."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_cpu_kernels{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load(blas_path: str) -> bool:
+    """Load the kernels (RTLD_GLOBAL), then the optimized BLAS at `blas_path`, and bind them.
+    Call before `import mlx.core`. Returns False, loading nothing, where there is no library."""
+    global _LIB
+    path = library_path()
+    if path is None or os.environ.get("WHISPER_MLX_KERNELS") == "none":
+        return False
+    try:
+        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(blas_path, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return False
+    lib.wm_bind_blas.argtypes = [ctypes.c_char_p]
+    if lib.wm_bind_blas(blas_path.encode()) != 0:
+        return False
+    lib.wm_attention.argtypes = [_P, ctypes.c_int] * 4 + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int]
+    lib.wm_gelu.argtypes = [_P, ctypes.c_long]
+    lib.wm_gemv_calls.restype = ctypes.c_long
+    _LIB = lib
+    return True
+
+
+def available() -> bool:
+    return _LIB is not None
+
+
+def gemv_calls() -> int:
+    """How many one-row products the interposer sent to sgemv so far (0 when not loaded)."""
+    return int(_LIB.wm_gemv_calls()) if _LIB is not None else 0
+
+
+def threads() -> int:
+    """Threads for the kernels: the BLAS thread limit where one is set, else the CPU count."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _view(a) -> np.ndarray:
+    """A writable, C-contiguous float32 NumPy view of an evaluated MLX array (no copy)."""
+    view = np.array(a, copy=False)
+    assert view.dtype == np.float32 and view.flags.c_contiguous, (view.dtype, view.strides)
+    return view
+
+
+def attention(q, k, v, n_head: int):
+    """softmax(q k^T / sqrt(d)) v per head for unmasked (B, T, n_head*d) float32 q, k, v;
+    returns (B, T, n_head*d) with the heads already merged."""
+    import mlx.core as mx
+
+    q, k, v = mx.contiguous(q), mx.contiguous(k), mx.contiguous(v)
+    mx.eval(q, k, v)
+    qn, kn, vn = _view(q), _view(k), _view(v)
+    b, t, c = qn.shape
+    s, d = kn.shape[1], c // n_head
+    out = np.empty((b, t, c), np.float32)
+    for i in range(b):
+        rc = _LIB.wm_attention(qn[i].ctypes.data, c, kn[i].ctypes.data, c, vn[i].ctypes.data, c,
+                               out[i].ctypes.data, c, t, s, n_head, d, d**-0.5, threads())
+        if rc != 0:
+            raise MemoryError("whisper_mlx attention kernel: out of memory")
+    return mx.array(out)
+
+
+def gelu_(x):
+    """GELU in place on a freshly computed float32 MLX array (the caller's only reference)."""
+    import mlx.core as mx
+
+    x = mx.contiguous(x)
+    mx.eval(x)
+    view = _view(x)
+    _LIB.wm_gelu(view.ctypes.data, view.size)
+    return x
