@@ -143,6 +143,8 @@ class MultiHeadAttention(nn.Module):
         scale = q.shape[-1] ** -0.5
         if cross:
             k_t, v = kv
+            if backend.on_cpu():
+                return self.out(self.merge(attention_base2(q, k_t, v, scale))), kv
             w = mx.softmax((q * scale) @ k_t, axis=-1)
             return self.out(self.merge(w @ v)), kv
         k, v = self.heads(self.key(x)), self.heads(self.value(x))
