@@ -209,3 +209,113 @@ WM_SIMD void wm_gelu(float *x, long n) {
         x[i] = 0.5f * xi * (1.0f + z * p / qq);
     }
 }
+
+/* ---- logits from a float16 copy of the token embedding ---------------------------------- */
+
+/* IEEE half -> float, for the portable path. */
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalize */
+        int e = -1;
+        do {
+            e++;
+            man <<= 1;
+        } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+    union { uint32_t u; float f; } v = {bits};
+    return v.f;
+}
+
+#define WM_COLS 1024 /* output columns per block: m rows of them stay in L1/L2 */
+
+typedef struct {
+    const float *x;
+    const uint16_t *w;
+    float *out;
+    int m, k, n, n_threads;
+} logits_job;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx2,fma,f16c"))) static void logits_cols_f16c(const logits_job *job, int j0, int j1) {
+    const int m = job->m, k = job->k, n = job->n;
+    for (int jb = j0; jb < j1; jb += WM_COLS) {
+        int je = jb + WM_COLS < j1 ? jb + WM_COLS : j1;
+        for (int i = 0; i < m; i++) memset(job->out + (size_t)i * n + jb, 0, sizeof(float) * (je - jb));
+        for (int kk = 0; kk < k; kk++) {
+            const uint16_t *row = job->w + (size_t)kk * n;
+            for (int i = 0; i < m; i++) {
+                const __m256 xv = _mm256_set1_ps(job->x[(size_t)i * k + kk]);
+                float *o = job->out + (size_t)i * n;
+                int j = jb;
+                for (; j + 8 <= je; j += 8) {
+                    __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + j)));
+                    _mm256_storeu_ps(o + j, _mm256_fmadd_ps(xv, wv, _mm256_loadu_ps(o + j)));
+                }
+                for (; j < je; j++) o[j] += job->x[(size_t)i * k + kk] * _cvtsh_ss(row[j]);
+            }
+        }
+    }
+}
+static int have_f16c(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"); }
+#else
+static void logits_cols_f16c(const logits_job *job, int j0, int j1) { (void)job, (void)j0, (void)j1; }
+static int have_f16c(void) { return 0; }
+#endif
+
+static void logits_cols_generic(const logits_job *job, int j0, int j1) {
+    const int m = job->m, k = job->k, n = job->n;
+    for (int jb = j0; jb < j1; jb += WM_COLS) {
+        int je = jb + WM_COLS < j1 ? jb + WM_COLS : j1;
+        for (int i = 0; i < m; i++) memset(job->out + (size_t)i * n + jb, 0, sizeof(float) * (je - jb));
+        for (int kk = 0; kk < k; kk++) {
+            const uint16_t *row = job->w + (size_t)kk * n;
+            for (int i = 0; i < m; i++) {
+                float xv = job->x[(size_t)i * k + kk], *o = job->out + (size_t)i * n;
+                for (int j = jb; j < je; j++) o[j] += xv * half_to_float(row[j]);
+            }
+        }
+    }
+}
+
+typedef struct {
+    const logits_job *job;
+    int index;
+} logits_part;
+
+static void *logits_worker(void *arg) {
+    const logits_part *part = arg;
+    const logits_job *job = part->job;
+    /* split the columns in WM_COLS-aligned shares */
+    int blocks = (job->n + WM_COLS - 1) / WM_COLS;
+    int b0 = (int)((long)blocks * part->index / job->n_threads);
+    int b1 = (int)((long)blocks * (part->index + 1) / job->n_threads);
+    int j0 = b0 * WM_COLS, j1 = b1 * WM_COLS < job->n ? b1 * WM_COLS : job->n;
+    if (j0 < j1) (have_f16c() ? logits_cols_f16c : logits_cols_generic)(job, j0, j1);
+    return NULL;
+}
+
+/* out (m x n) = x (m x k, float32) @ w (k x n, IEEE float16 bits), accumulated in float32.
+ * The decoder's logits: w is the token embedding, transposed, stored in float16 where that
+ * is exact (checkpoints are float16), so each token reads half the bytes. */
+void wm_logits_f16(const float *x, int m, int k, const uint16_t *w, int n, float *out, int n_threads) {
+    logits_job job = {x, w, out, m, k, n, n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads)};
+    pthread_t threads[64];
+    logits_part parts[64];
+    char started[64] = {0};
+    for (int i = 0; i < job.n_threads; i++) parts[i] = (logits_part){&job, i};
+    for (int i = 1; i < job.n_threads; i++) {
+        started[i] = pthread_create(&threads[i], NULL, logits_worker, &parts[i]) == 0;
+        if (!started[i]) logits_worker(&parts[i]);
+    }
+    logits_worker(&parts[0]);
+    for (int i = 1; i < job.n_threads; i++)
+        if (started[i]) pthread_join(threads[i], NULL);
+}

@@ -47,6 +47,7 @@ def load(blas_path: str) -> bool:
         return False
     lib.wm_attention.argtypes = [_P, ctypes.c_int] * 4 + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int]
     lib.wm_gelu.argtypes = [_P, ctypes.c_long]
+    lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
     _LIB = lib
     return True
@@ -105,3 +106,17 @@ def gelu_(x):
     view = _view(x)
     _LIB.wm_gelu(view.ctypes.data, view.size)
     return x
+
+
+def logits_f16(h, w16: np.ndarray):
+    """h (..., n_state) float32 MLX array @ w16 (n_state, n_vocab) float16 NumPy matrix, summed in
+    float32; returns (..., n_vocab) float32."""
+    import mlx.core as mx
+
+    h = mx.contiguous(h.astype(mx.float32))
+    mx.eval(h)
+    hn = _view(h).reshape(-1, h.shape[-1])
+    out = np.empty((hn.shape[0], w16.shape[1]), np.float32)
+    _LIB.wm_logits_f16(hn.ctypes.data, hn.shape[0], hn.shape[1], w16.ctypes.data, w16.shape[1],
+                       out.ctypes.data, threads())
+    return mx.array(out.reshape(*h.shape[:-1], w16.shape[1]))
