@@ -233,8 +233,6 @@ static inline float half_to_float(uint16_t h) {
     return v.f;
 }
 
-#define WM_COLS 1024 /* output columns per block: m rows of them stay in L1/L2 */
-
 typedef struct {
     const float *x;
     const uint16_t *w;
@@ -244,43 +242,51 @@ typedef struct {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-__attribute__((target("avx2,fma,f16c"))) static void logits_cols_f16c(const logits_job *job, int j0, int j1) {
-    const int m = job->m, k = job->k, n = job->n;
-    for (int jb = j0; jb < j1; jb += WM_COLS) {
-        int je = jb + WM_COLS < j1 ? jb + WM_COLS : j1;
-        for (int i = 0; i < m; i++) memset(job->out + (size_t)i * n + jb, 0, sizeof(float) * (je - jb));
-        for (int kk = 0; kk < k; kk++) {
-            const uint16_t *row = job->w + (size_t)kk * n;
-            for (int i = 0; i < m; i++) {
-                const __m256 xv = _mm256_set1_ps(job->x[(size_t)i * k + kk]);
-                float *o = job->out + (size_t)i * n;
-                int j = jb;
-                for (; j + 8 <= je; j += 8) {
-                    __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + j)));
-                    _mm256_storeu_ps(o + j, _mm256_fmadd_ps(xv, wv, _mm256_loadu_ps(o + j)));
-                }
-                for (; j < je; j++) o[j] += job->x[(size_t)i * k + kk] * _cvtsh_ss(row[j]);
+/* Rows j0..j1 of w, each a contiguous float16 vector of length k, dotted with every row of x. */
+__attribute__((target("avx2,fma,f16c"))) static void logits_rows_f16c(const logits_job *job, int j0, int j1) {
+    const int m = job->m, k = job->k, n = job->n, k8 = k & ~7;
+    for (int j = j0; j < j1; j++) {
+        const uint16_t *row = job->w + (size_t)j * k;
+        for (int i = 0; i < m; i++) {
+            const float *x = job->x + (size_t)i * k;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int kk = 0;
+            for (; kk + 16 <= k8; kk += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk),
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk))), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk + 8),
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk + 8))), a1);
             }
+            for (; kk < k8; kk += 8)
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk),
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk))), a0);
+            a0 = _mm256_add_ps(a0, a1);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            float acc = _mm_cvtss_f32(h);
+            for (; kk < k; kk++) acc += x[kk] * _cvtsh_ss(row[kk]);
+            job->out[(size_t)i * n + j] = acc;
         }
     }
 }
-static int have_f16c(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"); }
+static int have_f16c(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 #else
-static void logits_cols_f16c(const logits_job *job, int j0, int j1) { (void)job, (void)j0, (void)j1; }
+static void logits_rows_f16c(const logits_job *job, int j0, int j1) { (void)job, (void)j0, (void)j1; }
 static int have_f16c(void) { return 0; }
 #endif
 
-static void logits_cols_generic(const logits_job *job, int j0, int j1) {
+static void logits_rows_generic(const logits_job *job, int j0, int j1) {
     const int m = job->m, k = job->k, n = job->n;
-    for (int jb = j0; jb < j1; jb += WM_COLS) {
-        int je = jb + WM_COLS < j1 ? jb + WM_COLS : j1;
-        for (int i = 0; i < m; i++) memset(job->out + (size_t)i * n + jb, 0, sizeof(float) * (je - jb));
-        for (int kk = 0; kk < k; kk++) {
-            const uint16_t *row = job->w + (size_t)kk * n;
-            for (int i = 0; i < m; i++) {
-                float xv = job->x[(size_t)i * k + kk], *o = job->out + (size_t)i * n;
-                for (int j = jb; j < je; j++) o[j] += xv * half_to_float(row[j]);
-            }
+    for (int j = j0; j < j1; j++) {
+        const uint16_t *row = job->w + (size_t)j * k;
+        for (int i = 0; i < m; i++) {
+            const float *x = job->x + (size_t)i * k;
+            float acc = 0.0f;
+            for (int kk = 0; kk < k; kk++) acc += x[kk] * half_to_float(row[kk]);
+            job->out[(size_t)i * n + j] = acc;
         }
     }
 }
@@ -293,18 +299,15 @@ typedef struct {
 static void *logits_worker(void *arg) {
     const logits_part *part = arg;
     const logits_job *job = part->job;
-    /* split the columns in WM_COLS-aligned shares */
-    int blocks = (job->n + WM_COLS - 1) / WM_COLS;
-    int b0 = (int)((long)blocks * part->index / job->n_threads);
-    int b1 = (int)((long)blocks * (part->index + 1) / job->n_threads);
-    int j0 = b0 * WM_COLS, j1 = b1 * WM_COLS < job->n ? b1 * WM_COLS : job->n;
-    if (j0 < j1) (have_f16c() ? logits_cols_f16c : logits_cols_generic)(job, j0, j1);
+    int j0 = (int)((long)job->n * part->index / job->n_threads);
+    int j1 = (int)((long)job->n * (part->index + 1) / job->n_threads);
+    if (j0 < j1) (have_f16c() ? logits_rows_f16c : logits_rows_generic)(job, j0, j1);
     return NULL;
 }
 
-/* out (m x n) = x (m x k, float32) @ w (k x n, IEEE float16 bits), accumulated in float32.
- * The decoder's logits: w is the token embedding, transposed, stored in float16 where that
- * is exact (checkpoints are float16), so each token reads half the bytes. */
+/* out (m x n) = x (m x k, float32) @ w^T, w (n x k) IEEE float16 bits, accumulated in float32.
+ * The decoder's logits: w is the token embedding (n_vocab x n_state), kept in float16 where
+ * that is exact (checkpoints are float16), so each token streams half the bytes. */
 void wm_logits_f16(const float *x, int m, int k, const uint16_t *w, int n, float *out, int n_threads) {
     logits_job job = {x, w, out, m, k, n, n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads)};
     pthread_t threads[64];

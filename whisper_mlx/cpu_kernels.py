@@ -109,14 +109,14 @@ def gelu_(x):
 
 
 def logits_f16(h, w16: np.ndarray):
-    """h (..., n_state) float32 MLX array @ w16 (n_state, n_vocab) float16 NumPy matrix, summed in
-    float32; returns (..., n_vocab) float32."""
+    """h (..., n_state) float32 MLX array @ w16.T, w16 a (n_vocab, n_state) float16 NumPy matrix,
+    summed in float32; returns (..., n_vocab) float32."""
     import mlx.core as mx
 
     h = mx.contiguous(h.astype(mx.float32))
     mx.eval(h)
     hn = _view(h).reshape(-1, h.shape[-1])
-    out = np.empty((hn.shape[0], w16.shape[1]), np.float32)
-    _LIB.wm_logits_f16(hn.ctypes.data, hn.shape[0], hn.shape[1], w16.ctypes.data, w16.shape[1],
+    out = np.empty((hn.shape[0], w16.shape[0]), np.float32)
+    _LIB.wm_logits_f16(hn.ctypes.data, hn.shape[0], hn.shape[1], w16.ctypes.data, w16.shape[0],
                        out.ctypes.data, threads())
-    return mx.array(out.reshape(*h.shape[:-1], w16.shape[1]))
+    return mx.array(out.reshape(*h.shape[:-1], w16.shape[0]))

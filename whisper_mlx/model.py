@@ -233,20 +233,20 @@ class TextDecoder(nn.Module):
         self.blocks = [ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)]
         self.ln = LayerNorm(n_state)
         self._embedding_t = None  # (n_state, n_vocab) copy, see transpose_embedding
-        self._embedding_t16: np.ndarray | None = None  # its float16 form for the C logits kernel
+        self._embedding16: np.ndarray | None = None  # float16 (n_vocab, n_state), C logits kernel
 
     def transpose_embedding(self) -> None:
-        """Keep the token embedding as a contiguous (n_state, n_vocab) matrix instead: on the CPU
-        the per-token logits product then streams rows (about 2x faster), and lookups read
-        columns. Where the C kernels are built and float16 holds the float32 weights exactly
-        (converted OpenAI checkpoints are float16), it is kept in float16 (NumPy): each token's
-        logits then read half the bytes. The original (n_vocab, n_state) copy is released."""
+        """Prepare the token embedding for CPU decoding. Where the C kernels are built and
+        float16 holds the float32 weights exactly (converted OpenAI checkpoints are float16), keep
+        it as a float16 NumPy matrix: each token's logits then stream half the bytes. Otherwise
+        keep a contiguous (n_state, n_vocab) transpose: MLX's per-token product then streams rows
+        (about 2x faster). The original float32 copy is released."""
         w = self.token_embedding.weight
         if cpu_kernels.available() and w.dtype == mx.float32:
             w16 = w.astype(mx.float16)
             if mx.array_equal(w16.astype(mx.float32), w).item():
-                self._embedding_t16 = np.ascontiguousarray(np.array(w16, copy=False).T)
-        if self._embedding_t16 is None:
+                self._embedding16 = np.array(w16)
+        if self._embedding16 is None:
             self._embedding_t = mx.contiguous(w.T)
             mx.eval(self._embedding_t)
         self.token_embedding.weight = mx.zeros((0, w.shape[1]), w.dtype)
@@ -257,9 +257,8 @@ class TextDecoder(nn.Module):
 
     def embed(self, tokens: mx.array, offset: int) -> mx.array:
         pos = self.positional_embedding[offset : offset + tokens.shape[-1]]
-        if self._embedding_t16 is not None:
-            rows = self._embedding_t16[:, np.array(tokens)]  # (n_state, B, T)
-            return mx.array(rows.transpose(1, 2, 0).astype(np.float32)) + pos
+        if self._embedding16 is not None:
+            return mx.array(self._embedding16[np.array(tokens)].astype(np.float32)) + pos
         if self._embedding_t is not None:
             return mx.take(self._embedding_t, tokens, axis=1).transpose(1, 2, 0) + pos
         return self.token_embedding(tokens) + pos
@@ -284,8 +283,8 @@ class TextDecoder(nn.Module):
 
     def logits(self, x: mx.array) -> mx.array:
         """Final layer norm, then scores over the vocabulary (tied to the token embedding)."""
-        if self._embedding_t16 is not None:
-            return cpu_kernels.logits_f16(self.ln(x), self._embedding_t16)
+        if self._embedding16 is not None:
+            return cpu_kernels.logits_f16(self.ln(x), self._embedding16)
         if self._embedding_t is not None:
             return (self.ln(x) @ self._embedding_t).astype(mx.float32)
         return self.token_embedding.as_linear(self.ln(x)).astype(mx.float32)
