@@ -238,7 +238,10 @@ typedef struct {
     const uint16_t *w;
     float *out;
     int m, k, n, n_threads;
+    int next; /* the next block of WM_VOCAB_ROWS rows, taken atomically */
 } logits_job;
+
+#define WM_VOCAB_ROWS 2048
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -291,17 +294,14 @@ static void logits_rows_generic(const logits_job *job, int j0, int j1) {
     }
 }
 
-typedef struct {
-    const logits_job *job;
-    int index;
-} logits_part;
-
 static void *logits_worker(void *arg) {
-    const logits_part *part = arg;
-    const logits_job *job = part->job;
-    int j0 = (int)((long)job->n * part->index / job->n_threads);
-    int j1 = (int)((long)job->n * (part->index + 1) / job->n_threads);
-    if (j0 < j1) (have_f16c() ? logits_rows_f16c : logits_rows_generic)(job, j0, j1);
+    logits_job *job = arg;
+    void (*rows)(const logits_job *, int, int) = have_f16c() ? logits_rows_f16c : logits_rows_generic;
+    for (;;) {
+        int j0 = __atomic_fetch_add(&job->next, WM_VOCAB_ROWS, __ATOMIC_RELAXED);
+        if (j0 >= job->n) break;
+        rows(job, j0, j0 + WM_VOCAB_ROWS < job->n ? j0 + WM_VOCAB_ROWS : job->n);
+    }
     return NULL;
 }
 
@@ -309,16 +309,11 @@ static void *logits_worker(void *arg) {
  * The decoder's logits: w is the token embedding (n_vocab x n_state), kept in float16 where
  * that is exact (checkpoints are float16), so each token streams half the bytes. */
 void wm_logits_f16(const float *x, int m, int k, const uint16_t *w, int n, float *out, int n_threads) {
-    logits_job job = {x, w, out, m, k, n, n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads)};
+    logits_job job = {x, w, out, m, k, n, n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads), 0};
     pthread_t threads[64];
-    logits_part parts[64];
-    char started[64] = {0};
-    for (int i = 0; i < job.n_threads; i++) parts[i] = (logits_part){&job, i};
-    for (int i = 1; i < job.n_threads; i++) {
-        started[i] = pthread_create(&threads[i], NULL, logits_worker, &parts[i]) == 0;
-        if (!started[i]) logits_worker(&parts[i]);
-    }
-    logits_worker(&parts[0]);
+    int started = 0;
     for (int i = 1; i < job.n_threads; i++)
-        if (started[i]) pthread_join(threads[i], NULL);
+        if (pthread_create(&threads[started], NULL, logits_worker, &job) == 0) started++;
+    logits_worker(&job);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
 }
