@@ -15,9 +15,14 @@ import pytest
 from whisper_mlx import backend, cpu_kernels
 from whisper_mlx.model import gelu
 
-pytestmark = pytest.mark.skipif(
-    not (sys.platform == "linux" and cpu_kernels.available()), reason="C kernels are built on Linux only"
-)
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C kernels are built on Linux only")
+
+
+def test_kernels_are_built_and_loaded():
+    """On Linux the install builds them and the runtime loads them (a failed build would
+    otherwise pass unnoticed: the runtime falls back to MLX's kernels)."""
+    assert cpu_kernels.library_path() is not None, "whisper_mlx/_cpu_kernels*.so was not built"
+    assert cpu_kernels.available(), "the C kernels were built but not loaded (is an optimized BLAS installed?)"
 
 
 def reference_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int) -> np.ndarray:
