@@ -26,6 +26,28 @@ def test_median_filter_matches_reference():
     x = np.random.default_rng(1).standard_normal((4, 12, 50)).astype(np.float32)
     ref = median_filter(torch.from_numpy(x), 7).numpy()
     np.testing.assert_allclose(timing.median_filter(x, 7), ref)
+    ties = np.random.default_rng(2).integers(0, 4, (3, 9, 60)).astype(np.float32)
+    np.testing.assert_array_equal(timing.median_filter(ties, 7), median_filter(torch.from_numpy(ties), 7).numpy())
+
+
+def test_median_network_sorts_every_binary_input():
+    """The 7-value sorting network behind median_filter sorts all 2^7 0/1 inputs (0-1 principle)."""
+    import itertools
+
+    for bits in itertools.product([0.0, 1.0], repeat=7):
+        v = [np.array([b]) for b in bits]
+        for a, b in timing._SORT7:
+            v[a], v[b] = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+        assert [float(e[0]) for e in v] == sorted(bits)
+
+
+def test_dtw_matches_reference_with_ties():
+    from whisper.timing import dtw_cpu
+
+    rng = np.random.default_rng(3)
+    for shape in [(8, 50), (40, 41), (1, 5), (6, 1)]:
+        x = rng.integers(0, 3, shape).astype(np.float64)
+        np.testing.assert_array_equal(np.stack(timing.dtw(x)), dtw_cpu(x.copy()))
 
 
 @pytest.mark.parametrize("multilingual", [False, True])
