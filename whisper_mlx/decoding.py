@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
+from . import backend, gpu
 from .audio import CHUNK_LENGTH
 from .model import Whisper
 from .tokenizer import Tokenizer, get_tokenizer
@@ -256,6 +257,20 @@ def rank(tokens: list[list[np.ndarray]], sum_logprobs: list[list[float]], length
 
 # ---- the task --------------------------------------------------------------------------------
 
+FAST_GREEDY: bool | None = None
+"""Greedy decoding through `gpu.greedy` (one compiled graph per token, filters on the device):
+None picks it off the CPU; True / False force it (tests run it on the CPU too)."""
+
+
+def _embed_audio(model: Whisper, mel: mx.array) -> mx.array:
+    """The encoder pass: off the CPU as one compiled graph (gpu.embed_audio)."""
+    return model.embed_audio(mel) if backend.on_cpu() else gpu.embed_audio(model, mel)
+
+
+def _fast_greedy(options: DecodingOptions, n_sequences: int) -> bool:
+    on = not backend.on_cpu() if FAST_GREEDY is None else FAST_GREEDY
+    return on and n_sequences == 1 and options.temperature == 0 and options.beam_size is None
+
 
 def detect_language(model: Whisper, mel: mx.array, tokenizer: Tokenizer | None = None):
     """Most likely language of each window: (language tokens, [{code: prob}]) for batched input,
@@ -268,7 +283,7 @@ def detect_language(model: Whisper, mel: mx.array, tokenizer: Tokenizer | None =
     if single:
         mel = mel[None]
     if mel.shape[-2:] != (model.dims.n_audio_ctx, model.dims.n_audio_state):
-        mel = model.embed_audio(mel)
+        mel = _embed_audio(model, mel)
     n_audio = mel.shape[0]
     logits = Inference(model, mel).logits(np.array([[tokenizer.sot]] * n_audio))[:, 0]
     lang_ids = np.array(tokenizer.all_language_tokens)
@@ -351,7 +366,7 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
     if mel.shape[-2:] == (model.dims.n_audio_ctx, model.dims.n_audio_state):
         audio_features = mel
     else:
-        audio_features = model.embed_audio(mel)
+        audio_features = _embed_audio(model, mel)
     n_audio = audio_features.shape[0]
     tokens = np.array([initial] * n_audio)
 
@@ -369,6 +384,7 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
         ]
 
     filters: list[LogitFilter] = []
+    max_index = None
     if options.suppress_blank:
         filters.append(suppress_blank(tokenizer, sample_begin))
     if options.suppress_tokens:
@@ -380,27 +396,38 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
 
     tokens = np.repeat(tokens, n_group, axis=0)
     grouped = mx.repeat(audio_features, n_group, axis=0) if n_group > 1 else audio_features
-    inference = Inference(model, grouped)
+    inference = None if _fast_greedy(options, n_audio * n_group) else Inference(model, grouped)
     beam = BeamSearch(options.beam_size, tokenizer.eot, inference, options.patience) if options.beam_size else None
     sum_logprobs = np.zeros(tokens.shape[0], dtype=np.float64)
     no_speech_probs = [np.nan] * tokens.shape[0]
 
-    for i in range(sample_len):
-        if i == 0:
-            both = inference.logits(tokens, rows=(sot_index, -1))
-            at_sot = np.exp(log_softmax(both[:, 0]))
-            no_speech_probs = at_sot[:, tokenizer.no_speech].tolist()
-            logits = both[:, -1].copy()
-        else:
-            logits = inference.logits(tokens)[:, -1].copy()
-        for apply in filters:
-            apply(logits, tokens)
-        if beam is not None:
-            tokens, completed = beam.update(tokens, logits, sum_logprobs)
-        else:
-            tokens, completed = greedy_update(tokens, logits, sum_logprobs, options.temperature, tokenizer.eot)
-        if completed or tokens.shape[-1] > n_ctx:
-            break
+    if _fast_greedy(options, n_audio * n_group):
+        tokens, total, no_speech = gpu.greedy(
+            model, audio_features, tuple(tokens[0].tolist()), sot_index=sot_index, sample_len=sample_len, eot=tokenizer.eot,
+            no_speech=tokenizer.no_speech,
+            suppress_ids=_suppressed(tokenizer, options.suppress_tokens) if options.suppress_tokens else (),
+            blank_ids=tuple(tokenizer.encode(" ") + [tokenizer.eot]) if options.suppress_blank else (),
+            timestamp_rules=None if options.without_timestamps else (
+                tokenizer.timestamp_begin, tokenizer.no_timestamps, -1 if max_index is None else max_index),
+        )
+        sum_logprobs[0], no_speech_probs = total, [no_speech]
+    else:
+        for i in range(sample_len):
+            if i == 0:
+                both = inference.logits(tokens, rows=(sot_index, -1))
+                at_sot = np.exp(log_softmax(both[:, 0]))
+                no_speech_probs = at_sot[:, tokenizer.no_speech].tolist()
+                logits = both[:, -1].copy()
+            else:
+                logits = inference.logits(tokens)[:, -1].copy()
+            for apply in filters:
+                apply(logits, tokens)
+            if beam is not None:
+                tokens, completed = beam.update(tokens, logits, sum_logprobs)
+            else:
+                tokens, completed = greedy_update(tokens, logits, sum_logprobs, options.temperature, tokenizer.eot)
+            if completed or tokens.shape[-1] > n_ctx:
+                break
 
     no_speech_probs = no_speech_probs[::n_group]
     tokens = tokens.reshape(n_audio, n_group, -1)

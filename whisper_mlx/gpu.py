@@ -1,0 +1,342 @@
+"""Greedy decoding on a GPU: the whole token step as one compiled MLX graph.
+
+On MLX's GPU backends (CUDA, Metal) a decoder step is bound by per-operation cost, not by
+arithmetic or memory, so this path cuts operations and host round trips:
+
+- the self-attention cache has a fixed size (n_text_ctx rows, written in place with
+  slice_update and masked beyond the current position), so every step has the same shapes and
+  runs as one compiled graph that MLX neither re-traces nor re-plans;
+- query/key/value projections of self-attention are one fused matmul; cross-attention uses the
+  fused attention kernel over keys/values projected once per window;
+- the logit filters (suppressed tokens, blank at the start, openai-whisper's timestamp rules),
+  the argmax and the chosen token's log probability run on the GPU inside the same graph, with
+  the timestamp-rule state (last two tokens, last timestamp) kept on the device, so only the
+  token and its log probability come back to the host;
+- step i+1 is queued before the host reads token i, so the GPU never waits for Python.
+
+Used by `decoding.decode` for greedy decoding (temperature 0, no beam search, one sequence per
+window) off the CPU; the CPU path keeps the NumPy filters.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .model import Whisper, gelu
+
+_NEG_INF = float("-inf")
+
+
+def _sum_exp(x: mx.array) -> mx.array:
+    """sum(exp(x)) over the last axis in blocks of 1024, then over the blocks: a plain running sum
+    (MLX's CPU reduction) drops the ~5e4 tiny terms behind one near-1 term, which NumPy's pairwise
+    sum keeps (a 1e-4 difference in a token's log probability)."""
+    e = mx.exp(x)
+    n = e.shape[-1]
+    if n % 1024:
+        e = mx.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, 1024 - n % 1024)])
+    return e.reshape(*e.shape[:-1], -1, 1024).sum(axis=-1).sum(axis=-1, keepdims=True)
+
+
+def _logsumexp(x: mx.array) -> mx.array:
+    """log(sum(exp(x))) over the last axis, -inf (not NaN) when every value is -inf."""
+    m = x.max(axis=-1, keepdims=True)
+    safe = mx.where(mx.isinf(m), mx.zeros_like(m), m)
+    return (safe + mx.log(_sum_exp(x - safe)))[..., 0]
+
+
+def _log_softmax(x: mx.array) -> mx.array:
+    """decoding.log_softmax's formula: (x - max) - log(sum(exp(x - max)))."""
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - mx.log(_sum_exp(shifted))
+
+
+def select_token(logits: mx.array, state: mx.array, suppress: mx.array, blank: mx.array, rules: mx.array):
+    """One greedy pick with openai-whisper's logit filters, on the device.
+
+    logits (1, V) float32; state int32 (4,): tokens sampled so far, last token, the one before it,
+    last timestamp token (-1: none); suppress / blank (V,) additive masks (0 or -inf; blank applies
+    at the first sampled position); rules int32 (5,): timestamps on, timestamp_begin, eot,
+    no_timestamps, max initial timestamp index (-1: none).
+    Returns (token (1,) uint32, its log probability (1,) float32, next state)."""
+    n_vocab = logits.shape[-1]
+    idx = mx.arange(n_vocab)
+    n, last, penult, last_ts = state[0], state[1], state[2], state[3]
+    use_ts, ts_begin, eot, no_ts, max_ts = rules[0] > 0, rules[1], rules[2], rules[3], rules[4]
+    first = n == 0
+    x = logits + suppress + mx.where(first, blank, mx.zeros_like(blank))
+
+    is_ts = idx >= ts_begin
+    last_was_ts = (n >= 1) & (last >= ts_begin)
+    penult_was_ts = (n < 2) | (penult >= ts_begin)
+    bound = mx.where(last_was_ts & ~penult_was_ts, last_ts, last_ts + 1)
+    forbid = idx == no_ts
+    forbid = forbid | (last_was_ts & penult_was_ts & is_ts)
+    forbid = forbid | (last_was_ts & ~penult_was_ts & (idx < eot))
+    forbid = forbid | ((last_ts >= 0) & is_ts & (idx < bound))
+    forbid = forbid | (first & ~is_ts)
+    forbid = forbid | (first & (max_ts >= 0) & (idx > ts_begin + max_ts))
+    x = mx.where(use_ts & forbid, _NEG_INF, x)
+
+    logprobs = _log_softmax(x)
+    ts_mass = _logsumexp(mx.where(is_ts, logprobs, _NEG_INF))
+    text_best = mx.where(is_ts, _NEG_INF, logprobs).max(axis=-1)
+    x = mx.where(use_ts & (ts_mass > text_best)[..., None] & ~is_ts, _NEG_INF, x)
+
+    token = x.argmax(axis=-1)
+    logprob = mx.take_along_axis(_log_softmax(x), token[:, None], axis=-1)[:, 0]
+    t = token[0].astype(mx.int32)
+    next_state = mx.stack([n + 1, t, last, mx.where(t >= ts_begin, t, last_ts)])
+    return token, logprob, next_state
+
+
+def _linear(layer, x: mx.array) -> mx.array:
+    """layer(x), with a float layer's bias added as a separate (fusable) op: MLX's CUDA backend runs
+    a one-row product without bias as its own matrix-vector kernel, but one with bias through
+    cuBLASLt, captured into a child graph at several times the host cost."""
+    if type(layer) is not nn.Linear:
+        return layer(x)
+    y = x @ layer.weight.T
+    return y + layer.bias if "bias" in layer else y
+
+
+class GpuDecoder:
+    """The text decoder of one model, rearranged for fixed-shape compiled steps."""
+
+    def __init__(self, model: Whisper):
+        self.model = model
+        dims = model.dims
+        dec = model.decoder
+        self.n_ctx, self.n_head = dims.n_text_ctx, dims.n_text_head
+        self.head_dim = dims.n_text_state // dims.n_text_head
+        self.dtype = dec.ln.weight.dtype
+        self.qkv = [self._fused_qkv(block.attn) for block in dec.blocks]
+        # the (n_vocab, n_state) token embedding; None: quantized, used through the module
+        # (the CPU loader keeps it transposed or as a NumPy float16 matrix instead)
+        emb = dec.token_embedding
+        if isinstance(emb, nn.QuantizedEmbedding):
+            self.embedding = None
+        elif emb.weight.size:
+            self.embedding = emb.weight
+        elif dec._embedding_t is not None:
+            self.embedding = mx.contiguous(dec._embedding_t.T)
+        else:
+            self.embedding = mx.array(dec._embedding16).astype(self.dtype)
+        mx.eval([w for w in self.qkv if w is not None], self.embedding)
+        self._step = mx.compile(self._step_select)
+
+    def logits(self, x: mx.array) -> mx.array:
+        """Final layer norm, then float32 scores over the vocabulary (a matrix-vector product per row)."""
+        h = self.model.decoder.ln(x)
+        if self.embedding is None:
+            return self.model.decoder.token_embedding.as_linear(h).astype(mx.float32)
+        return (h @ self.embedding.T).astype(mx.float32)
+
+    @staticmethod
+    def _fused_qkv(attn) -> tuple[mx.array, mx.array] | None:
+        """(weight (3C, C), bias (3C,)) of the query/key/value projections, or None when they are
+        quantized (then they run as three products)."""
+        if not all(type(m) is nn.Linear for m in (attn.query, attn.key, attn.value)):
+            return None
+        weight = mx.concatenate([attn.query.weight, attn.key.weight, attn.value.weight], axis=0)
+        bias = mx.concatenate([attn.query.bias, mx.zeros_like(attn.query.bias), attn.value.bias])
+        return weight, bias
+
+    def _heads(self, x: mx.array) -> mx.array:
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
+
+    def _merge(self, x: mx.array) -> mx.array:
+        b, _, t, _ = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(b, t, -1)
+
+    def cross_kv(self, audio_features: mx.array) -> list[tuple[mx.array, mx.array]]:
+        """Cross-attention keys and values (B, H, S, D) of every layer, once per window."""
+        xa = audio_features.astype(self.dtype)
+        return [
+            (mx.contiguous(self._heads(b.cross_attn.key(xa))), mx.contiguous(self._heads(b.cross_attn.value(xa))))
+            for b in self.model.decoder.blocks
+        ]
+
+    def new_cache(self, batch: int) -> list[tuple[mx.array, mx.array]]:
+        shape = (batch, self.n_head, self.n_ctx, self.head_dim)
+        return [(mx.zeros(shape, self.dtype), mx.zeros(shape, self.dtype)) for _ in self.model.decoder.blocks]
+
+    def forward(self, tokens: mx.array, offset: mx.array, mask: mx.array, cache, cross):
+        """Hidden states of `tokens` (B, T) at positions offset.. (offset: int32 (1,)); their keys
+        and values are written into the fixed-size `cache`, which `mask` (T, n_ctx) limits."""
+        dec = self.model.decoder
+        positions = offset + mx.arange(tokens.shape[-1])
+        x = dec.token_embedding(tokens) if self.embedding is None else self.embedding[tokens]
+        x = (x + mx.take(dec.positional_embedding, positions, axis=0)).astype(self.dtype)
+        scale = self.head_dim**-0.5
+        new_cache = []
+        for block, qkv, (kc, vc), (ck, cv) in zip(dec.blocks, self.qkv, cache, cross):
+            attn = block.attn
+            h = block.attn_ln(x)
+            if qkv is not None:
+                q, k, v = mx.split(h @ qkv[0].T + qkv[1], 3, axis=-1)
+            else:
+                q, k, v = _linear(attn.query, h), _linear(attn.key, h), _linear(attn.value, h)
+            kc = mx.slice_update(kc, self._heads(k), offset, axes=(2,))
+            vc = mx.slice_update(vc, self._heads(v), offset, axes=(2,))
+            o = mx.fast.scaled_dot_product_attention(self._heads(q), kc, vc, scale=scale, mask=mask)
+            x = x + _linear(attn.out, self._merge(o))
+            cross_attn = block.cross_attn
+            q = self._heads(_linear(cross_attn.query, block.cross_attn_ln(x)))
+            o = mx.fast.scaled_dot_product_attention(q, ck, cv, scale=scale)
+            x = x + _linear(cross_attn.out, self._merge(o))
+            x = x + _linear(block.mlp[2], gelu(_linear(block.mlp[0], block.mlp_ln(x))))
+            new_cache.append((kc, vc))
+        return x, new_cache
+
+    def mask(self, offset: int | mx.array, t: int) -> mx.array:
+        """Additive (t, n_ctx) mask: row i sees cache rows 0..offset+i."""
+        rows = mx.arange(t)[:, None] + offset
+        cols = mx.arange(self.n_ctx)[None, :]
+        return mx.where(cols > rows, mx.array(_NEG_INF, self.dtype), mx.array(0, self.dtype))
+
+    def _step_select(self, token, offset, state, cache, cross, suppress, blank, rules):
+        """Feed one token per sequence at position `offset`, then pick the next one."""
+        hidden, cache = self.forward(token.reshape(-1, 1).astype(mx.int32), offset, self.mask(offset, 1), cache, cross)
+        logits = self.logits(hidden)[:, -1]
+        next_token, logprob, state = select_token(logits, state, suppress, blank, rules)
+        return next_token, logprob, state, cache
+
+    def prefill(self, tokens: np.ndarray, cache, cross, rows: list[int]):
+        """All prompt tokens at once (uncompiled: its length changes per window); the logits
+        (B, len(rows), V) float32 at the given rows."""
+        t = tokens.shape[-1]
+        zero = mx.array([0], mx.int32)
+        hidden, cache = self.forward(mx.array(tokens, mx.int32), zero, self.mask(0, t), cache, cross)
+        return self.logits(hidden[:, rows]), cache
+
+
+def decoder_for(model: Whisper) -> GpuDecoder:
+    """The model's GpuDecoder, built once (its fused weights and compiled step are reused)."""
+    gpu = getattr(model, "_gpu_decoder", None)
+    if gpu is None:
+        gpu = GpuDecoder(model)
+        object.__setattr__(model, "_gpu_decoder", gpu)
+    return gpu
+
+
+_masks: dict[tuple, tuple[mx.array, mx.array]] = {}
+
+
+def _filter_masks(n_vocab: int, suppress_ids: tuple[int, ...], blank_ids: tuple[int, ...]):
+    key = (n_vocab, suppress_ids, blank_ids)
+    if key not in _masks:
+        suppress = np.zeros(n_vocab, np.float32)
+        suppress[list(suppress_ids)] = -np.inf
+        blank = np.zeros(n_vocab, np.float32)
+        blank[list(blank_ids)] = -np.inf
+        _masks[key] = (mx.array(suppress), mx.array(blank))
+    return _masks[key]
+
+
+def greedy(
+    model: Whisper,
+    audio_features: mx.array,
+    initial: tuple[int, ...],
+    *,
+    sot_index: int,
+    sample_len: int,
+    eot: int,
+    no_speech: int,
+    suppress_ids: tuple[int, ...],
+    blank_ids: tuple[int, ...],
+    timestamp_rules: tuple[int, int, int] | None,
+) -> tuple[np.ndarray, float, float]:
+    """Greedy decoding of one window (audio_features (1, n_audio_ctx, n_audio_state)).
+
+    timestamp_rules: (timestamp_begin, no_timestamps, max initial timestamp index or -1), or None
+    when timestamps are off. Returns (tokens (1, len(initial) + sampled), sum of the sampled
+    tokens' log probabilities, no-speech probability at the start-of-transcript position), as
+    decoding's NumPy loop computes them."""
+    gpu = decoder_for(model)
+    n_vocab = model.dims.n_vocab
+    suppress, blank = _filter_masks(n_vocab, suppress_ids, blank_ids)
+    ts_begin, no_ts, max_ts = timestamp_rules if timestamp_rules is not None else (n_vocab, n_vocab, -1)
+    rules = mx.array([int(timestamp_rules is not None), ts_begin, eot, no_ts, max_ts], mx.int32)
+
+    cross = gpu.cross_kv(audio_features)
+    cache = gpu.new_cache(1)
+    prompt = np.array([initial])
+    logits, cache = gpu.prefill(prompt, cache, cross, rows=[sot_index, len(initial) - 1])
+    at_sot = logits[:, 0]
+    no_speech_prob = mx.exp(at_sot[:, no_speech] - _logsumexp(at_sot))
+    state = mx.array([0, -1, -1, -1], mx.int32)
+    token, logprob, state = select_token(logits[:, 1], state, suppress, blank, rules)
+    mx.async_eval(token, logprob, state, no_speech_prob)
+
+    sampled: list[int] = []
+    sum_logprob = 0.0
+    offset = len(initial)
+    for i in range(sample_len):
+        # the loop in decoding stops once the tokens outgrow the text context
+        more = i + 1 < sample_len and offset + 1 <= gpu.n_ctx
+        if more:
+            position = mx.array([offset], mx.int32)
+            nxt = gpu._step(token, position, state, cache, cross, suppress, blank, rules)
+            mx.async_eval(nxt[0], nxt[1], nxt[2])
+        t = int(token.item())
+        sampled.append(t)
+        sum_logprob += float(logprob.item())
+        if t == eot or not more:
+            break
+        token, logprob, state, cache = nxt
+        offset += 1
+    tokens = np.array([list(initial) + sampled])
+    return tokens, sum_logprob, float(no_speech_prob.item())
+
+
+# ---- the encoder ------------------------------------------------------------------------------
+
+
+class GpuEncoder:
+    """The audio encoder as one compiled graph with fused query/key/value projections: MLX fuses
+    the residual adds, casts and GELU into fewer kernels, and the graph is traced once per batch
+    size. Same function as `AudioEncoder.__call__` (the GPU branch of MultiHeadAttention.full)."""
+
+    def __init__(self, model: Whisper):
+        enc = model.encoder
+        self.model = model
+        self.n_head = model.dims.n_audio_head
+        self.qkv = [GpuDecoder._fused_qkv(block.attn) for block in enc.blocks]
+        mx.eval([w for w in self.qkv if w is not None])
+        self._forward = mx.compile(self.forward)
+
+    def forward(self, mel: mx.array) -> mx.array:
+        enc = self.model.encoder
+        x = gelu(enc.conv1(mel))
+        x = gelu(enc.conv2(x))
+        x = x + enc.positional_embedding[: x.shape[1]].astype(x.dtype)
+        b, t, c = x.shape
+        d = c // self.n_head
+
+        def heads(y):
+            return y.reshape(b, t, self.n_head, d).transpose(0, 2, 1, 3)
+
+        for block, qkv in zip(enc.blocks, self.qkv):
+            attn = block.attn
+            h = block.attn_ln(x)
+            if qkv is not None:
+                q, k, v = mx.split(mx.addmm(qkv[1], h, qkv[0].T), 3, axis=-1)
+            else:
+                q, k, v = attn.query(h), attn.key(h), attn.value(h)
+            o = mx.fast.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=d**-0.5)
+            x = x + attn.out(o.transpose(0, 2, 1, 3).reshape(b, t, c))
+            x = x + block.mlp[2](gelu(block.mlp[0](block.mlp_ln(x))))
+        return enc.ln_post(x)
+
+
+def embed_audio(model: Whisper, mel: mx.array) -> mx.array:
+    """model.embed_audio through the model's GpuEncoder (built once)."""
+    encoder = getattr(model, "_gpu_encoder", None)
+    if encoder is None:
+        encoder = GpuEncoder(model)
+        object.__setattr__(model, "_gpu_encoder", encoder)
+    return encoder._forward(mel.astype(model.encoder.conv1.weight.dtype))
