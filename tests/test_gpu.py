@@ -4,6 +4,10 @@ Run with `pytest -m gpu`; skipped where this MLX build has no GPU."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 import whisper_mlx
-from conftest import _model_dir
+from conftest import CACHE, _model_dir
 from whisper_mlx import backend
 from zoo.gates import corpus_wer
 
@@ -50,14 +54,34 @@ def parity_paths(clips):
 _CPU_REFERENCES: dict[str, list[dict]] = {}
 
 
+def _reference_file(family: str, model_dir: Path, paths) -> tuple[Path, str]:
+    """Where the CPU fp32 reference of `family` is cached, and the key it must carry: a hash of the
+    weights, the clips and the options, so a changed model, clip or option set never reads a stale
+    reference. `scripts/device/cpu_references.py` builds it on a CPU machine for the GPU one."""
+    h = hashlib.sha256(json.dumps(OPTIONS, sort_keys=True).encode())
+    for f in sorted(model_dir.glob("*.safetensors")) + [Path(p) for p in paths]:
+        h.update(f.name.encode() if f.suffix == ".safetensors" else b"")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return CACHE / "references" / f"{family}-cpu-fp32.json", h.hexdigest()
+
+
 def _cpu_fp32(family: str, paths) -> list[dict]:
-    """CPU fp32 transcripts of `paths` (the reference the GPU must match), computed once."""
+    """CPU fp32 transcripts of `paths` (the reference the GPU must match), computed once and cached
+    on disk (a full CPU run of both families does not fit one GPU-machine call)."""
     if family not in _CPU_REFERENCES:
-        before = mx.default_device()
-        try:
-            _CPU_REFERENCES[family] = _run("cpu", _model_dir(family, "float32"), paths)
-        finally:
-            mx.set_default_device(before)
+        model_dir = _model_dir(family, "float32")
+        path, key = _reference_file(family, model_dir, paths)
+        if path.is_file() and (stored := json.loads(path.read_text())).get("key") == key:
+            _CPU_REFERENCES[family] = stored["results"]
+        else:
+            before = mx.default_device()
+            try:
+                results = _run("cpu", model_dir, paths)
+            finally:
+                mx.set_default_device(before)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "mlx": mx.__version__, "results": results}))
+            _CPU_REFERENCES[family] = json.loads(path.read_text())["results"]
     return _CPU_REFERENCES[family]
 
 
@@ -86,19 +110,74 @@ def test_gpu_keeps_stored_dtype_and_quantized_layers():
     assert {p.dtype for _, p in tree_flatten(cpu_q.parameters())} == {mx.float32}
 
 
+def _first_divergence(ref: dict, got: dict) -> tuple[int, list[int], list[int], int, int] | None:
+    """Where `got` first picks another token than `ref`: (window seek, the text tokens before that
+    window, the window's tokens before the difference, ref's token, got's token); None if the
+    token streams are identical."""
+    ref_segments, got_segments = ref["segments"], got["segments"]
+    before: list[int] = []
+    for i, r in enumerate(ref_segments):
+        g = got_segments[i] if i < len(got_segments) else None
+        if g is not None and g["seek"] == r["seek"] and g["tokens"] == r["tokens"]:
+            continue
+        if g is None or g["seek"] != r["seek"]:
+            return None  # diverged in where a window starts, not in a token: no single decision
+        window = [t for s in ref_segments[:i] if s["seek"] == r["seek"] for t in s["tokens"]]
+        before = [t for s in ref_segments[:i] if s["seek"] < r["seek"] for t in s["tokens"]]
+        k = next(j for j, (a, b) in enumerate(zip(r["tokens"] + [-1], g["tokens"] + [-2])) if a != b)
+        if k >= min(len(r["tokens"]), len(g["tokens"])):
+            return None
+        return r["seek"], before, window + r["tokens"][:k], r["tokens"][k], g["tokens"][k]
+    return None
+
+
+def _reference_margin(family: str, path, seek: int, before: list[int], prefix: list[int], a: int, b: int) -> float:
+    """|log p(a) - log p(b)| of the CPU fp32 model at that decision (same window, prompt and
+    prefix): how close the reference itself was to picking the other token."""
+    from whisper_mlx.audio import N_FRAMES, load_mel, pad_or_trim
+    from whisper_mlx.decoding import Inference, log_softmax
+    from whisper_mlx.tokenizer import get_tokenizer
+
+    backend.set_device("cpu")
+    model = whisper_mlx.load_model(_model_dir(family, "float32"))
+    mel = load_mel(str(path), model.dims.n_mels)
+    size = min(N_FRAMES, mel.content_frames - seek)
+    segment = pad_or_trim(mel.segment(seek, size), N_FRAMES, axis=0)
+    tok = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language="en")
+    prompt = [tok.sot_prev] + before[-(model.dims.n_text_ctx // 2 - 1):] if before else []
+    tokens = np.array([prompt + list(tok.sot_sequence) + prefix])
+    logprobs = log_softmax(Inference(model, model.embed_audio(segment[None])).logits(tokens)[0, -1])
+    return abs(float(logprobs[a] - logprobs[b]))
+
+
+NEAR_TIE = 0.02
+"""Log-probability margin under which fp16 rounding may pick the other token (the hidden state
+alone carries ~1e-3 relative error in float16; logits near 20 round to 0.016 steps)."""
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_gpu_transcripts_match_cpu_fp32(cpu_reference, parity_paths, dtype):
     """Same text and words as the CPU fp32 reference; word times within 20 ms on average
-    (fp16 rounds differently, so its words may shift by a frame)."""
+    (fp16 rounds differently, so its words may shift by a frame). In float16 a transcript may
+    differ only where the fp32 reference itself nearly tied: its first differing token must be
+    within NEAR_TIE of the reference's choice under the CPU fp32 model (base on en_long_story
+    picks " The" over " Last" at a 0.004 margin), and only at one clip."""
     family, reference = cpu_reference
     ours = _run("gpu", _model_dir(family, dtype), parity_paths)
-    diffs = []
+    diffs, near_ties = [], []
     for path, ref, got in zip(parity_paths, reference, ours):
-        assert got["text"] == ref["text"], f"{family} {dtype} {path.name}"
+        if got["text"] != ref["text"]:
+            divergence = _first_divergence(ref, got)
+            assert dtype == "float16" and divergence is not None, f"{family} {dtype} {path.name}"
+            margin = _reference_margin(family, path, *divergence)
+            assert margin < NEAR_TIE, f"{family} {dtype} {path.name}: reference margin {margin:.4f}"
+            near_ties.append(path.name)
+            continue
         ref_words, got_words = _words(ref), _words(got)
         assert [w["word"] for w in got_words] == [w["word"] for w in ref_words], path.name
         diffs += [abs(a[k] - b[k]) for a, b in zip(ref_words, got_words) for k in ("start", "end")]
         assert all(0.0 <= w["probability"] <= 1.0 for w in got_words)
+    assert len(near_ties) <= 1, near_ties
     assert np.mean(diffs) <= 0.020, f"{family} {dtype}: word times differ by {np.mean(diffs):.3f}s on average"
 
 
