@@ -207,58 +207,6 @@ def torch_greedy_fixed(model, mel, prompt: list[int], n_tokens: int) -> tuple[fl
     return (t1 - t0) * 1e3, statistics.median(steps[1:]), tokens[0, len(prompt):].tolist()
 
 
-def compiled_step(model: Whisper, batch: int = 1):
-    """Prototype (not in the runtime): one decoder step as a single compiled MLX graph over a
-    fixed-size self-attention cache, so the graph and its shapes repeat every step and MLX neither
-    re-traces Python nor re-plans kernels. Returns (step(token, offset, cache, cross_kv), cache)."""
-    dec, dims = model.decoder, model.dims
-    n_ctx, n_head = dims.n_text_ctx, dims.n_text_head
-    d = dims.n_text_state // n_head
-    dtype = dec.ln.weight.dtype
-    cache = [(mx.zeros((batch, n_head, n_ctx, d), dtype), mx.zeros((batch, n_head, n_ctx, d), dtype))
-             for _ in dec.blocks]
-    positions = mx.arange(n_ctx)
-
-    def step(token, offset, cache, cross_kv):
-        x = (dec.token_embedding(token) + mx.take(dec.positional_embedding, offset, axis=0)).astype(dtype)
-        mask = mx.where(positions <= offset, mx.array(0, dtype), mx.array(-mx.inf, dtype))
-        new_cache = []
-        for block, (kc, vc), ckv in zip(dec.blocks, cache, cross_kv):
-            attn = block.attn
-            h = block.attn_ln(x)
-            q, k, v = attn.heads(attn.query(h)), attn.heads(attn.key(h)), attn.heads(attn.value(h))
-            kc = mx.slice_update(kc, k, offset, axes=(2,))
-            vc = mx.slice_update(vc, v, offset, axes=(2,))
-            o = mx.fast.scaled_dot_product_attention(q, kc, vc, scale=d**-0.5, mask=mask)
-            x = x + attn.out(attn.merge(o))
-            y, _ = block.cross_attn(block.cross_attn_ln(x), kv=ckv, cross=True)
-            x = x + y
-            h = block.mlp_ln(x)
-            for layer in block.mlp:
-                h = layer(h)
-            x = x + h
-            new_cache.append((kc, vc))
-        return dec.logits(x), new_cache
-
-    return mx.compile(step, inputs=model.state), cache
-
-
-def mlx_compiled_greedy(model: Whisper, mel: mx.array, n_tokens: int) -> float:
-    """Median ms per step of `compiled_step`, greedy from one start token, no early stop."""
-    features = model.embed_audio(mel)
-    cross_kv = model.decoder.cross_kv(features)
-    step, cache = compiled_step(model)
-    token = mx.array([[50258]])
-    times = []
-    for i in range(n_tokens):
-        s0 = time.perf_counter()
-        logits, cache = step(token, mx.array([i]), cache, cross_kv)
-        nxt = np.array(logits[:, -1].argmax(-1))
-        token = mx.array(nxt[:, None])
-        times.append((time.perf_counter() - s0) * 1e3)
-    return statistics.median(times[2:])
-
-
 def attention_rows(report: Report, name: str, dims: ModelDimensions) -> None:
     """The encoder's attention op alone, at its real shape: the CPU path's base-2 softmax
     against MLX's fused kernel (which the runtime uses off the CPU)."""
