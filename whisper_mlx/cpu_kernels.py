@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 _LIB: ctypes.CDLL | None = None
+_THREADS = 1
 _P = ctypes.c_void_p
 
 
@@ -49,7 +50,8 @@ def load(blas_path: str) -> bool:
     lib.wm_gelu.argtypes = [_P, ctypes.c_long]
     lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
-    _LIB = lib
+    global _THREADS
+    _LIB, _THREADS = lib, threads()
     return True
 
 
@@ -71,11 +73,17 @@ def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _view(a) -> np.ndarray:
-    """A writable, C-contiguous float32 NumPy view of an evaluated MLX array (no copy)."""
-    view = np.array(a, copy=False)
-    assert view.dtype == np.float32 and view.flags.c_contiguous, (view.dtype, view.strides)
-    return view
+def _evaluated(*arrays) -> tuple[list, list[np.ndarray]]:
+    """The arrays made contiguous and evaluated, with writable float32 NumPy views of them
+    (no copy): the C kernels read and write MLX's buffers directly."""
+    import mlx.core as mx
+
+    arrays = [mx.contiguous(a) for a in arrays]
+    mx.eval(*arrays)
+    views = [np.array(a, copy=False) for a in arrays]
+    for view in views:
+        assert view.dtype == np.float32 and view.flags.c_contiguous, (view.dtype, view.strides)
+    return arrays, views
 
 
 def attention(q, k, v, n_head: int):
@@ -83,15 +91,13 @@ def attention(q, k, v, n_head: int):
     returns (B, T, n_head*d) with the heads already merged."""
     import mlx.core as mx
 
-    q, k, v = mx.contiguous(q), mx.contiguous(k), mx.contiguous(v)
-    mx.eval(q, k, v)
-    qn, kn, vn = _view(q), _view(k), _view(v)
+    _, (qn, kn, vn) = _evaluated(q, k, v)
     b, t, c = qn.shape
     s, d = kn.shape[1], c // n_head
     out = np.empty((b, t, c), np.float32)
     for i in range(b):
         rc = _LIB.wm_attention(qn[i].ctypes.data, c, kn[i].ctypes.data, c, vn[i].ctypes.data, c,
-                               out[i].ctypes.data, c, t, s, n_head, d, d**-0.5, threads())
+                               out[i].ctypes.data, c, t, s, n_head, d, d**-0.5, _THREADS)
         if rc != 0:
             raise MemoryError("whisper_mlx attention kernel: out of memory")
     return mx.array(out)
@@ -99,11 +105,7 @@ def attention(q, k, v, n_head: int):
 
 def gelu_(x):
     """GELU in place on a freshly computed float32 MLX array (the caller's only reference)."""
-    import mlx.core as mx
-
-    x = mx.contiguous(x)
-    mx.eval(x)
-    view = _view(x)
+    (x,), (view,) = _evaluated(x)
     _LIB.wm_gelu(view.ctypes.data, view.size)
     return x
 
@@ -113,10 +115,9 @@ def logits_f16(h, w16: np.ndarray):
     summed in float32; returns (..., n_vocab) float32."""
     import mlx.core as mx
 
-    h = mx.contiguous(h.astype(mx.float32))
-    mx.eval(h)
-    hn = _view(h).reshape(-1, h.shape[-1])
+    (h,), (hn,) = _evaluated(h.astype(mx.float32))
+    hn = hn.reshape(-1, h.shape[-1])
     out = np.empty((hn.shape[0], w16.shape[0]), np.float32)
     _LIB.wm_logits_f16(hn.ctypes.data, hn.shape[0], hn.shape[1], w16.ctypes.data, w16.shape[0],
-                       out.ctypes.data, threads())
+                       out.ctypes.data, _THREADS)
     return mx.array(out.reshape(*h.shape[:-1], w16.shape[0]))
