@@ -15,7 +15,7 @@ if sys.platform == "linux":
             "whisper_mlx._cpu_kernels",
             sources=["csrc/cpu_kernels.c"],
             extra_compile_args=["-O3", "-ffast-math", "-fvisibility=default"],
-            libraries=["dl", "pthread"],
+            libraries=["dl", "pthread", "m"],
             optional=True,
         )
     )

@@ -16,6 +16,8 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <math.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -314,4 +316,223 @@ void wm_logits_f16(const float *x, int m, int k, const uint16_t *w, int n, float
         if (pthread_create(&threads[started], NULL, logits_worker, &job) == 0) started++;
     logits_worker(&job);
     for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+}
+
+/* ---- one decoder step: the whole TextDecoder layer stack for new tokens -------------------- */
+
+/* Each layer's parameters, in this order (openai/whisper's names; float32, row-major, Linear
+ * weights as (out, in)). The key projection has no bias. */
+enum {
+    L_ATTN_LN_W, L_ATTN_LN_B, L_Q_W, L_Q_B, L_K_W, L_V_W, L_V_B, L_OUT_W, L_OUT_B,
+    L_CROSS_LN_W, L_CROSS_LN_B, L_CQ_W, L_CQ_B, L_COUT_W, L_COUT_B,
+    L_MLP_LN_W, L_MLP_LN_B, L_FC1_W, L_FC1_B, L_FC2_W, L_FC2_B, L_PARAMS
+};
+/* Each layer's caches: self-attention keys and values (batch, n_ctx, n_state), written at the
+ * new positions; cross-attention keys (batch, n_head, d, n_audio_ctx) and values
+ * (batch, n_head, n_audio_ctx, d), projected once per window. */
+enum { C_SELF_K, C_SELF_V, C_CROSS_K, C_CROSS_V, C_CACHES };
+
+/* After the layers, the table holds the decoder's own parameters: positional embedding
+ * (n_ctx, n_state), final layer norm weight and bias, token embedding as float16 bits. */
+enum { D_POS, D_LN_W, D_LN_B, D_EMB16, D_PARAMS };
+
+typedef struct {
+    const float *const *params;
+    float *const *caches;
+    int n_layer, c, n_head, d, n_ctx, s_a, n_vocab, batch, t, offset, end, n, n_rows, n_threads;
+    float alpha;
+    const int32_t *tokens, *rows;
+    float *x, *q, *o, *mlp, *logits;
+    float *scratch; /* per thread: t * max(S, end) weights, t sums, n * c normed rows */
+    size_t scratch_floats;
+    int count, sense; /* spin barrier */
+    int go;           /* set once every thread is started and n_threads is final */
+} step_job;
+
+/* All threads wait here until every one has arrived (sense-reversing spin barrier; yields
+ * the CPU after a while so an oversubscribed machine still makes progress). */
+static void barrier(step_job *job, int *local_sense) {
+    int sense = *local_sense = !*local_sense;
+    if (__atomic_add_fetch(&job->count, 1, __ATOMIC_ACQ_REL) == job->n_threads) {
+        __atomic_store_n(&job->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&job->sense, sense, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&job->sense, __ATOMIC_ACQUIRE) != sense; spins++)
+        if (spins > 2000) sched_yield();
+}
+
+/* The k-th of `parts` near-equal slices of [0, n), rounded to multiples of 16 where n allows. */
+static void slice(int n, int parts, int k, int *lo, int *hi) {
+    int unit = n >= 16 * parts ? 16 : 1, units = (n + unit - 1) / unit;
+    int a = (int)((long)units * k / parts) * unit, b = (int)((long)units * (k + 1) / parts) * unit;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}
+
+/* Columns [j0, j1) of y (n x out) = x (n x in) W^T + b; added to y when accumulate (residual). */
+static void linear_cols(const float *x, int n, int in, const float *w, const float *b, int out, float *y,
+                        int accumulate, int j0, int j1) {
+    if (j1 <= j0) return;
+    cblas_sgemm(RowMajor, NoTrans, Trans, n, j1 - j0, in, 1.0f, x, in, w + (size_t)j0 * in, in,
+                accumulate ? 1.0f : 0.0f, y + j0, out);
+    if (b)
+        for (int i = 0; i < n; i++)
+            for (int j = j0; j < j1; j++) y[(size_t)i * out + j] += b[j];
+}
+
+/* y = LayerNorm(x) over rows of c values (eps 1e-5, as nn.LayerNorm). */
+WM_SIMD static void layer_norm(const float *x, int n, int c, const float *w, const float *b, float *y) {
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * c;
+        float *yi = y + (size_t)i * c;
+        float mean = 0.0f, var = 0.0f;
+        for (int j = 0; j < c; j++) mean += xi[j];
+        mean /= (float)c;
+        for (int j = 0; j < c; j++) var += (xi[j] - mean) * (xi[j] - mean);
+        float inv = 1.0f / sqrtf(var / (float)c + 1e-5f);
+        for (int j = 0; j < c; j++) yi[j] = (xi[j] - mean) * inv * w[j] + b[j];
+    }
+}
+
+/* One head of attention for t query rows (q: stride ldq) over keys given as k (s x d, stride
+ * ldk) or, when k_t, as (d x s, stride s); values (s x d, stride ldv). Row r sees the first
+ * len0 + r keys (causal) or all s when len0 < 0. Base-2 scores, normalized after the product. */
+static void head_attention(const float *q, int ldq, const float *k, int ldk, int k_t, const float *v, int ldv,
+                           float *out, int ldo, int t, int s, int d, float alpha, int len0, float *w,
+                           float *sums) {
+    cblas_sgemm(RowMajor, NoTrans, k_t ? NoTrans : Trans, t, s, d, alpha, q, ldq, k, k_t ? s : ldk, 0.0f, w, s);
+    for (int r = 0; r < t; r++) {
+        int keep = len0 < 0 ? s : len0 + r;
+        float *row = w + (size_t)r * s;
+        exp2_rows(row, 1, keep, s, sums + r);
+        for (int j = keep; j < s; j++) row[j] = 0.0f;
+    }
+    cblas_sgemm(RowMajor, NoTrans, NoTrans, t, d, s, 1.0f, w, s, v, ldv, 0.0f, out, ldo);
+    for (int r = 0; r < t; r++) {
+        float inv = 1.0f / sums[r];
+        for (int j = 0; j < d; j++) out[(size_t)r * ldo + j] *= inv;
+    }
+}
+
+static void step_thread(step_job *job, int k) {
+    const int c = job->c, d = job->d, n = job->n, t = job->t, nt = job->n_threads, s_a = job->s_a;
+    const int h_items = job->batch * job->n_head;
+    float *w = job->scratch + job->scratch_floats * k;
+    float *sums = w + (size_t)t * (s_a > job->end ? s_a : job->end);
+    float *h = sums + t; /* this thread's normed copy of x (n x c) */
+    int sense = 0, j0, j1, m0, m1, v0, v1;
+    slice(c, nt, k, &j0, &j1);
+    slice(4 * c, nt, k, &m0, &m1);
+    const float *const *dp = job->params + (size_t)job->n_layer * L_PARAMS;
+    /* token + positional embedding, rows split by thread */
+    for (int i = k; i < n; i += nt) {
+        const uint16_t *e = (const uint16_t *)dp[D_EMB16] + (size_t)job->tokens[i] * c;
+        const float *pos = dp[D_POS] + (size_t)(job->offset + i % t) * c;
+        for (int j = 0; j < c; j++) job->x[(size_t)i * c + j] = half_to_float(e[j]) + pos[j];
+    }
+    barrier(job, &sense);
+    for (int l = 0; l < job->n_layer; l++) {
+        const float *const *p = job->params + (size_t)l * L_PARAMS;
+        float *const *cache = job->caches + (size_t)l * C_CACHES;
+        /* self-attention: q, and this step's keys/values written into the cache */
+        layer_norm(job->x, n, c, p[L_ATTN_LN_W], p[L_ATTN_LN_B], h);
+        linear_cols(h, n, c, p[L_Q_W], p[L_Q_B], c, job->q, 0, j0, j1);
+        for (int b = 0; b < job->batch; b++) {
+            size_t at = ((size_t)b * job->n_ctx + job->offset) * c;
+            linear_cols(h + (size_t)b * t * c, t, c, p[L_K_W], NULL, c, cache[C_SELF_K] + at, 0, j0, j1);
+            linear_cols(h + (size_t)b * t * c, t, c, p[L_V_W], p[L_V_B], c, cache[C_SELF_V] + at, 0, j0, j1);
+        }
+        barrier(job, &sense);
+        for (int item = k; item < h_items; item += nt) {
+            int b = item / job->n_head, hd = item % job->n_head;
+            size_t row = (size_t)b * t * c + hd * d, base = (size_t)b * job->n_ctx * c + hd * d;
+            head_attention(job->q + row, c, cache[C_SELF_K] + base, c, 0, cache[C_SELF_V] + base, c, job->o + row,
+                           c, t, job->end, d, job->alpha, job->offset + 1, w, sums);
+        }
+        barrier(job, &sense);
+        linear_cols(job->o, n, c, p[L_OUT_W], p[L_OUT_B], c, job->x, 1, j0, j1);
+        barrier(job, &sense);
+        /* cross-attention over the window's audio features */
+        layer_norm(job->x, n, c, p[L_CROSS_LN_W], p[L_CROSS_LN_B], h);
+        linear_cols(h, n, c, p[L_CQ_W], p[L_CQ_B], c, job->q, 0, j0, j1);
+        barrier(job, &sense);
+        for (int item = k; item < h_items; item += nt) {
+            int b = item / job->n_head, hd = item % job->n_head;
+            size_t row = (size_t)b * t * c + hd * d, head = (size_t)item * d * s_a;
+            head_attention(job->q + row, c, cache[C_CROSS_K] + head, 0, 1, cache[C_CROSS_V] + head, d,
+                           job->o + row, c, t, s_a, d, job->alpha, -1, w, sums);
+        }
+        barrier(job, &sense);
+        linear_cols(job->o, n, c, p[L_COUT_W], p[L_COUT_B], c, job->x, 1, j0, j1);
+        barrier(job, &sense);
+        /* MLP: this thread's slice of the hidden units, then of the output */
+        layer_norm(job->x, n, c, p[L_MLP_LN_W], p[L_MLP_LN_B], h);
+        linear_cols(h, n, c, p[L_FC1_W], p[L_FC1_B], 4 * c, job->mlp, 0, m0, m1);
+        for (int i = 0; i < n; i++) wm_gelu(job->mlp + (size_t)i * 4 * c + m0, m1 - m0);
+        barrier(job, &sense);
+        linear_cols(job->mlp, n, 4 * c, p[L_FC2_W], p[L_FC2_B], c, job->x, 1, j0, j1);
+        barrier(job, &sense);
+    }
+    /* final norm of the wanted rows, then their logits over this thread's slice of the vocabulary */
+    for (int b = 0; b < job->batch; b++)
+        for (int r = 0; r < job->n_rows; r++)
+            layer_norm(job->x + ((size_t)b * t + job->rows[r]) * c, 1, c, dp[D_LN_W], dp[D_LN_B],
+                       h + ((size_t)b * job->n_rows + r) * c);
+    slice(job->n_vocab, nt, k, &v0, &v1);
+    logits_job lj = {h, (const uint16_t *)dp[D_EMB16], job->logits, job->batch * job->n_rows, c, job->n_vocab, 1, 0};
+    (have_f16c() ? logits_rows_f16c : logits_rows_generic)(&lj, v0, v1);
+}
+
+static void *step_worker(void *arg) {
+    step_job *job = ((step_job **)arg)[0];
+    for (int spins = 0; !__atomic_load_n(&job->go, __ATOMIC_ACQUIRE); spins++)
+        if (spins > 2000) sched_yield();
+    step_thread(job, (int)(intptr_t)((void **)arg)[1]);
+    return NULL;
+}
+
+/* Decode `t` new tokens for each of `batch` sequences at positions offset..offset+t-1: token
+ * embedding, every decoder layer (self-attention appending to the kv_cache, cross-attention,
+ * MLP), final norm and logits for the rows listed in `rows` (indices into the t new tokens),
+ * written to logits (batch, n_rows, n_vocab). Threads split every product by output columns and
+ * the attention by heads, meeting at a barrier between dependent phases; the BLAS runs on one
+ * thread meanwhile. Returns 0, -1 out of memory, -2 past n_ctx. */
+int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
+                     int n_ctx, int n_audio_ctx, int n_vocab, const int32_t *tokens, int batch, int t, int offset,
+                     const int32_t *rows, int n_rows, float *logits, int n_threads) {
+    if (offset + t > n_ctx) return -2;
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 64) n_threads = 64;
+    int n = batch * t, end = offset + t, s_max = n_audio_ctx > end ? n_audio_ctx : end;
+    int hrows = n > batch * n_rows ? n : batch * n_rows;
+    step_job job = {params, caches, n_layer, n_state, n_head, n_state / n_head, n_ctx, n_audio_ctx, n_vocab,
+                    batch, t, offset, end, n, n_rows, n_threads, 1.4426950408889634f / sqrtf((float)(n_state / n_head)),
+                    tokens, rows, NULL, NULL, NULL, NULL, logits, NULL, 0, 0, 0, 0};
+    job.scratch_floats = ((size_t)t * s_max + t + (size_t)hrows * n_state + 15) & ~(size_t)15;
+    float *buf = malloc(sizeof(float) * ((size_t)n * n_state * 3 + (size_t)n * 4 * n_state +
+                                         job.scratch_floats * n_threads));
+    if (!buf) return -1;
+    job.x = buf;
+    job.q = job.x + (size_t)n * n_state;
+    job.o = job.q + (size_t)n * n_state;
+    job.mlp = job.o + (size_t)n * n_state;
+    job.scratch = job.mlp + (size_t)n * 4 * n_state;
+    int blas_threads = n_threads > 1 && blas_get_threads && blas_set_threads ? blas_get_threads() : 0;
+    if (blas_threads > 1) blas_set_threads(1);
+    pthread_t threads[64];
+    void *args[64][2];
+    int started = 0;
+    for (int i = 1; i < n_threads; i++) {
+        args[i][0] = &job, args[i][1] = (void *)(intptr_t)i;
+        if (pthread_create(&threads[started], NULL, step_worker, args[i]) != 0) break;
+        started++;
+    }
+    job.n_threads = started + 1;
+    __atomic_store_n(&job.go, 1, __ATOMIC_RELEASE);
+    step_thread(&job, 0);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    if (blas_threads > 1) blas_set_threads(blas_threads);
+    free(buf);
+    return 0;
 }

@@ -144,3 +144,88 @@ def test_embedding_goes_float16_only_when_exact():
         assert (dec._embedding16 is not None) is exact
         np.testing.assert_array_equal(np.array(dec.embed(mx.array([[3, 5]]), 0)), w[[3, 5]][None])
         np.testing.assert_allclose(np.array(dec.logits(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def _small_decoder(seed: int = 0):
+    """A 2-layer text decoder with random float16-exact weights (as converted checkpoints are)."""
+    from mlx.utils import tree_flatten, tree_unflatten
+    from whisper_mlx.model import TextDecoder
+
+    rng = np.random.default_rng(seed)
+    dec = TextDecoder(n_vocab=700, n_ctx=40, n_state=64, n_head=4, n_layer=2)
+    params = {k: mx.array((rng.normal(size=v.shape) * 0.3).astype(np.float16).astype(np.float32))
+              for k, v in tree_flatten(dec.parameters())}
+    params["blocks.0.attn.key.weight"] = params["blocks.0.attn.key.weight"] * 2  # sharper attention
+    dec.update(tree_unflatten(list(params.items())))
+    dec.prepare_cpu()
+    assert dec.kernel is not None
+    return dec, rng
+
+
+class _Model:
+    """The decoder alone, as decoding's Inference classes see a model."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+
+def test_decoder_kernel_matches_the_mlx_decoder():
+    """Prompt rows, single steps, a batch and beam reordering: the C decoder's logits equal the
+    MLX graph's (same weights, same kv_cache semantics)."""
+    from whisper_mlx.decoding import Inference, KernelInference
+
+    dec, rng = _small_decoder()
+    features = mx.array(rng.normal(size=(3, 37, 64)).astype(np.float32))
+    tokens = rng.integers(0, 700, size=(3, 6))
+    graph, kernel = Inference(_Model(dec), features), KernelInference(_Model(dec), features)
+    for step in range(12):
+        rows = (1, -1) if step == 0 else (-1,)
+        expected, got = graph.logits(tokens, rows=rows), kernel.logits(tokens, rows=rows)
+        assert got.shape == expected.shape == (3, len(rows), 700)
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
+        if step == 5:  # beam search keeps rows 2, 2, 0
+            graph.rearrange_kv_cache([2, 2, 0])
+            kernel.rearrange_kv_cache([2, 2, 0])
+            tokens = tokens[[2, 2, 0]]
+        tokens = np.concatenate([tokens, expected[:, -1].argmax(-1)[:, None]], axis=1)
+
+
+def test_decoder_kernel_stops_at_the_context_length():
+    dec, rng = _small_decoder(1)
+    cache = cpu_kernels.DecoderCache(dec.kernel, dec.cross_kv(mx.zeros((1, 5, 64))), 1)
+    cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 39), np.int32), [-1])
+    cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
+    with pytest.raises(ValueError, match="context is 40 tokens; got 41"):
+        cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
+
+
+def test_decoder_kernel_needs_exact_float16_embedding():
+    """Without an exact float16 embedding (the kernel's logits read float16) the MLX graph decodes."""
+    from whisper_mlx.model import TextDecoder
+
+    dec = TextDecoder(n_vocab=50, n_ctx=8, n_state=16, n_head=2, n_layer=1)
+    dec.token_embedding.weight = mx.array(np.full((50, 16), 0.1, np.float32))  # 0.1 is not a float16
+    dec.prepare_cpu()
+    assert dec.kernel is None
+
+
+@pytest.mark.parametrize("beam_size", [None, 3])
+def test_decoder_kernel_decodes_real_speech_like_the_mlx_graph(tiny_en_fp32_dir, clips, beam_size):
+    """tiny.en on real speech: the same tokens and log probability through the C decoder as
+    through the MLX graph, greedy and with beam search."""
+    from whisper_mlx.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+    from whisper_mlx.decoding import decode, embed_audio
+
+    model = whisper_mlx.load_model(tiny_en_fp32_dir)
+    assert model.decoder.kernel is not None, "load_model did not prepare the C decoder on the CPU"
+    mel = pad_or_trim(log_mel_spectrogram(load_audio(str(clips["en_weather"].path)), padding=N_SAMPLES),
+                      N_FRAMES, axis=0)
+    features = embed_audio(model, mel[None])[0]
+    with_kernel = decode(model, features, language="en", beam_size=beam_size)
+    kernel, model.decoder.kernel = model.decoder.kernel, None
+    try:
+        with_graph = decode(model, features, language="en", beam_size=beam_size)
+    finally:
+        model.decoder.kernel = kernel
+    assert with_kernel.tokens == with_graph.tokens and len(with_kernel.tokens) > 10
+    assert with_kernel.avg_logprob == pytest.approx(with_graph.avg_logprob, abs=1e-4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def load(blas_path: str) -> bool:
     lib.wm_gelu.argtypes = [_P, ctypes.c_long]
     lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
+    lib.wm_decode_tokens.argtypes = [_P, _P] + [ctypes.c_int] * 6 + [_P] + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int]
     global _THREADS
     _LIB, _THREADS = lib, threads()
     return True
@@ -121,3 +123,94 @@ def logits_f16(h, w16: np.ndarray):
     _LIB.wm_logits_f16(hn.ctypes.data, hn.shape[0], hn.shape[1], w16.ctypes.data, w16.shape[0],
                        out.ctypes.data, _THREADS)
     return mx.array(out.reshape(*h.shape[:-1], w16.shape[0]))
+
+
+# A decoder layer's parameters in the order wm_decode_tokens reads them (openai/whisper's names).
+LAYER_PARAMS = (
+    "attn_ln.weight", "attn_ln.bias", "attn.query.weight", "attn.query.bias", "attn.key.weight",
+    "attn.value.weight", "attn.value.bias", "attn.out.weight", "attn.out.bias",
+    "cross_attn_ln.weight", "cross_attn_ln.bias", "cross_attn.query.weight", "cross_attn.query.bias",
+    "cross_attn.out.weight", "cross_attn.out.bias",
+    "mlp_ln.weight", "mlp_ln.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
+)
+
+
+def _pointers(arrays: list[np.ndarray]) -> ctypes.Array:
+    return (_P * len(arrays))(*(a.ctypes.data for a in arrays))
+
+
+@dataclass(frozen=True)
+class DecoderKernel:
+    """A text decoder's parameters as the pointer table of `wm_decode_tokens`: each layer's
+    float32 parameters, then the positional embedding, final norm and float16 token embedding."""
+
+    views: tuple  # NumPy views of the parameters, kept alive with the table
+    table: ctypes.Array
+    n_layer: int
+    n_state: int
+    n_head: int
+    n_ctx: int
+    n_vocab: int
+
+
+def decoder_kernel(blocks: list, n_head: int, positional_embedding, ln, embedding16: np.ndarray | None):
+    """The C decoder's view of a text decoder, or None where the kernels are not built, a
+    parameter is not float32 or the token embedding has no exact float16 copy (the MLX graph
+    then decodes)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    if _LIB is None or embedding16 is None:
+        return None
+    arrays = []
+    for block in blocks:
+        params = dict(tree_flatten(block.parameters()))
+        arrays.extend(params.get(name) for name in LAYER_PARAMS)
+    arrays += [positional_embedding, ln.weight, ln.bias]
+    if any(a is None or a.dtype != mx.float32 for a in arrays):
+        return None
+    _, views = _evaluated(*arrays)
+    views.append(embedding16)
+    n_ctx, n_state = views[-4].shape
+    return DecoderKernel(tuple(views), _pointers(views), len(blocks), n_state, n_head, n_ctx, embedding16.shape[0])
+
+
+class DecoderCache:
+    """The kv_cache of `decode_tokens`: self-attention keys/values (n_layer, batch, n_ctx,
+    n_state), written in place (pages are touched only as positions fill), and each layer's
+    cross-attention keys (batch, n_head, d, S) / values (batch, n_head, S, d) from MLX."""
+
+    def __init__(self, kernel: DecoderKernel, cross_kv: list, batch: int):
+        shape = (kernel.n_layer, batch, kernel.n_ctx, kernel.n_state)
+        self.self_k, self.self_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        self.cross, views = _evaluated(*(a for kv in cross_kv for a in kv))
+        self.n_audio_ctx = views[0].shape[-1]
+        self.table = _pointers(
+            [a for layer in range(kernel.n_layer)
+             for a in (self.self_k[layer], self.self_v[layer], views[2 * layer], views[2 * layer + 1])]
+        )
+        self.offset = 0
+
+    def rearrange(self, source_indices: list[int]) -> None:
+        """Reorder the batch rows (beam search keeps the best continuations)."""
+        idx, n = np.asarray(source_indices), self.offset
+        self.self_k[:, :, :n] = self.self_k[:, idx, :n]
+        self.self_v[:, :, :n] = self.self_v[:, idx, :n]
+
+
+def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Feed new tokens (batch, t) at positions cache.offset.. through the whole decoder; returns
+    the logits (batch, len(rows), n_vocab) float32 at the given rows of the t new tokens."""
+    tokens = np.ascontiguousarray(tokens, np.int32)
+    batch, t = tokens.shape
+    rows_c = np.array([r % t for r in rows], np.int32)
+    out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
+    rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,
+                               kernel.n_ctx, cache.n_audio_ctx, kernel.n_vocab, tokens.ctypes.data, batch, t,
+                               cache.offset, rows_c.ctypes.data, len(rows_c), out.ctypes.data, _THREADS)
+    if rc == -2:
+        raise ValueError(f"the decoder's context is {kernel.n_ctx} tokens; got {cache.offset + t}")
+    if rc != 0:
+        raise MemoryError("whisper_mlx decoder kernel: out of memory")
+    cache.offset += t
+    return out

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
-from . import backend, gpu
+from . import backend, cpu_kernels, gpu
 from .audio import CHUNK_LENGTH
 from .model import Whisper
 from .tokenizer import Tokenizer, get_tokenizer
@@ -98,6 +98,34 @@ class Inference:
         if list(source_indices) != list(range(len(source_indices))):
             idx = mx.array(source_indices)
             self.kv_cache = [(k[idx], v[idx]) for k, v in self.kv_cache]
+
+
+class KernelInference(Inference):
+    """Inference through the C decoder step (CPU, float32 weights, kernels built): one call runs
+    every layer for the new tokens, instead of a graph of ~300 MLX operations whose per-operation
+    cost on the CPU outweighs the arithmetic of a one-token step."""
+
+    def __init__(self, model: Whisper, audio_features: mx.array):
+        self.model = model
+        self.kv_cache = cpu_kernels.DecoderCache(
+            model.decoder.kernel, model.decoder.cross_kv(audio_features), audio_features.shape[0]
+        )
+
+    def logits(self, tokens: np.ndarray, rows: Sequence[int] = (-1,)) -> np.ndarray:
+        new = tokens if self.kv_cache.offset == 0 else tokens[:, -1:]
+        rows = list(rows) if new.shape[1] > 1 else [0]
+        return cpu_kernels.decode_tokens(self.model.decoder.kernel, self.kv_cache, new, rows)
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        if list(source_indices) != list(range(len(source_indices))):
+            self.kv_cache.rearrange(list(source_indices))
+
+
+def make_inference(model: Whisper, audio_features: mx.array) -> Inference:
+    """The C decoder step where the model has one (CPU, float32), else the MLX graph."""
+    if model.decoder.kernel is not None and backend.on_cpu():
+        return KernelInference(model, audio_features)
+    return Inference(model, audio_features)
 
 
 # ---- logit filters ---------------------------------------------------------------------------
@@ -262,8 +290,9 @@ FAST_GREEDY: bool | None = None
 None picks it off the CPU; True / False force it (tests run it on the CPU too)."""
 
 
-def _embed_audio(model: Whisper, mel: mx.array) -> mx.array:
-    """The encoder pass: off the CPU as one compiled graph (gpu.embed_audio)."""
+def embed_audio(model: Whisper, mel: mx.array) -> mx.array:
+    """The encoder pass over (batch, n_frames, n_mels) log-mel: off the CPU as one compiled graph
+    (gpu.embed_audio). `decode` and `detect_language` accept its output in place of the mel."""
     return model.embed_audio(mel) if backend.on_cpu() else gpu.embed_audio(model, mel)
 
 
@@ -283,9 +312,9 @@ def detect_language(model: Whisper, mel: mx.array, tokenizer: Tokenizer | None =
     if single:
         mel = mel[None]
     if mel.shape[-2:] != (model.dims.n_audio_ctx, model.dims.n_audio_state):
-        mel = _embed_audio(model, mel)
+        mel = embed_audio(model, mel)
     n_audio = mel.shape[0]
-    logits = Inference(model, mel).logits(np.array([[tokenizer.sot]] * n_audio))[:, 0]
+    logits = make_inference(model, mel).logits(np.array([[tokenizer.sot]] * n_audio))[:, 0]
     lang_ids = np.array(tokenizer.all_language_tokens)
     masked = np.full_like(logits, -np.inf)
     masked[:, lang_ids] = logits[:, lang_ids]
@@ -366,7 +395,7 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
     if mel.shape[-2:] == (model.dims.n_audio_ctx, model.dims.n_audio_state):
         audio_features = mel
     else:
-        audio_features = _embed_audio(model, mel)
+        audio_features = embed_audio(model, mel)
     n_audio = audio_features.shape[0]
     tokens = np.array([initial] * n_audio)
 
@@ -396,7 +425,7 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
 
     tokens = np.repeat(tokens, n_group, axis=0)
     grouped = mx.repeat(audio_features, n_group, axis=0) if n_group > 1 else audio_features
-    inference = None if _fast_greedy(options, n_audio * n_group) else Inference(model, grouped)
+    inference = None if _fast_greedy(options, n_audio * n_group) else make_inference(model, grouped)
     beam = BeamSearch(options.beam_size, tokenizer.eot, inference, options.patience) if options.beam_size else None
     sum_logprobs = np.zeros(tokens.shape[0], dtype=np.float64)
     no_speech_probs = [np.nan] * tokens.shape[0]

@@ -234,6 +234,15 @@ class TextDecoder(nn.Module):
         self.ln = LayerNorm(n_state)
         self._embedding_t = None  # (n_state, n_vocab) copy, see transpose_embedding
         self._embedding16: np.ndarray | None = None  # float16 (n_vocab, n_state), C logits kernel
+        self.kernel: cpu_kernels.DecoderKernel | None = None  # the C decoder step's parameter table
+
+    def prepare_cpu(self) -> None:
+        """Ready the decoder for CPU decoding: the embedding's layout for logits, and where the C
+        kernels are built and the weights are float32, the parameter table of their decoder step."""
+        self.transpose_embedding()
+        self.kernel = cpu_kernels.decoder_kernel(
+            self.blocks, self.blocks[0].attn.n_head, self.positional_embedding, self.ln, self._embedding16
+        )
 
     def transpose_embedding(self) -> None:
         """Prepare the token embedding for CPU decoding. Where the C kernels are built and

@@ -12,7 +12,7 @@ import numpy as np
 import tqdm
 
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_mel, pad_or_trim
-from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .decoding import DecodingOptions, DecodingResult, decode, detect_language, embed_audio
 from .load import load_model
 from .model import Whisper
 from .timing import add_word_timestamps
@@ -110,8 +110,10 @@ def transcribe(
         )
 
 
-def _decode_with_fallback(model, segment, decode_options, temperature, compression_ratio_threshold,
+def _decode_with_fallback(model, audio_features, decode_options, temperature, compression_ratio_threshold,
                           logprob_threshold, no_speech_threshold) -> DecodingResult:
+    """Decode one window's features at each temperature in turn until the result passes the
+    thresholds (openai-whisper's fallback); the encoder ran once, before the first try."""
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
     result = None
     for t in temperatures:
@@ -121,7 +123,7 @@ def _decode_with_fallback(model, segment, decode_options, temperature, compressi
             kwargs.pop("patience", None)
         else:
             kwargs.pop("best_of", None)
-        result = decode(model, segment, DecodingOptions(**kwargs, temperature=t))
+        result = decode(model, audio_features, DecodingOptions(**kwargs, temperature=t))
         needs_fallback = False
         if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
             needs_fallback = True  # too repetitive
@@ -175,6 +177,7 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
     decode_options.pop("fp16", None)
     mel = load_mel(audio, model.dims.n_mels)
     content_frames = mel.content_frames
+    first_features = None
     content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
 
     if decode_options.get("language") is None:
@@ -183,7 +186,10 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
         else:
             if verbose:
                 print("Detecting language using up to the first 30 seconds. Use `--language` to specify the language")
-            _, probs = detect_language(model, pad_or_trim(mel.segment(0, N_FRAMES), N_FRAMES, axis=0))
+            first = embed_audio(model, pad_or_trim(mel.segment(0, N_FRAMES), N_FRAMES, axis=0)[None])[0]
+            _, probs = detect_language(model, first)
+            if content_frames >= N_FRAMES:
+                first_features = first  # the first window's features: decoding reuses them
             decode_options["language"] = max(probs, key=probs.get)
             if verbose is not None:
                 print(f"Detected language: {LANGUAGES[decode_options['language']].title()}")
@@ -259,7 +265,12 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
                 decode_options["prompt"] = initial_prompt_tokens + all_tokens[nignored:][-remaining_prompt_length:]
             else:
                 decode_options["prompt"] = all_tokens[prompt_reset_since:]
-            result = _decode_with_fallback(model, mel_segment, decode_options, temperature,
+            if seek == 0 and segment_size == N_FRAMES and first_features is not None:
+                features = first_features
+            else:
+                features = embed_audio(model, mel_segment[None])[0]  # once per window, for every temperature
+            first_features = None
+            result = _decode_with_fallback(model, features, decode_options, temperature,
                                            compression_ratio_threshold, logprob_threshold, no_speech_threshold)
             tokens = np.array(result.tokens, dtype=np.int64)
 
