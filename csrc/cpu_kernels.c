@@ -233,21 +233,26 @@ static inline float half_to_float(uint16_t h) {
     return v.f;
 }
 
+/* out[i, j] (+)= bias[j] + x[i] . w[j] for rows j0..j1 of w (n x k, IEEE float16 bits) and the m
+ * rows of x (m x k, float32): products in float32, as in a float32 product of the same values. */
 typedef struct {
     const float *x;
     const uint16_t *w;
     float *out;
-    int m, k, n, n_threads;
-    int next; /* the next block of WM_VOCAB_ROWS rows, taken atomically */
-} logits_job;
+    const float *bias; /* or NULL */
+    int m, k, ldo, accumulate;
+} dot_job;
 
-#define WM_VOCAB_ROWS 2048
+static inline void dot_store(const dot_job *job, int i, int j, float acc) {
+    float *o = job->out + (size_t)i * job->ldo + j;
+    acc += job->bias ? job->bias[j] : 0.0f;
+    *o = job->accumulate ? *o + acc : acc;
+}
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-/* Rows j0..j1 of w, each a contiguous float16 vector of length k, dotted with every row of x. */
-__attribute__((target("avx2,fma,f16c"))) static void logits_rows_f16c(const logits_job *job, int j0, int j1) {
-    const int m = job->m, k = job->k, n = job->n, k8 = k & ~7;
+__attribute__((target("avx2,fma,f16c"))) static void dots_f16c(const dot_job *job, int j0, int j1) {
+    const int m = job->m, k = job->k, k8 = k & ~7;
     for (int j = j0; j < j1; j++) {
         const uint16_t *row = job->w + (size_t)j * k;
         for (int i = 0; i < m; i++) {
@@ -269,7 +274,7 @@ __attribute__((target("avx2,fma,f16c"))) static void logits_rows_f16c(const logi
             h = _mm_add_ss(h, _mm_movehdup_ps(h));
             float acc = _mm_cvtss_f32(h);
             for (; kk < k; kk++) acc += x[kk] * _cvtsh_ss(row[kk]);
-            job->out[(size_t)i * n + j] = acc;
+            dot_store(job, i, j, acc);
         }
     }
 }
@@ -277,30 +282,38 @@ static int have_f16c(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 #else
-static void logits_rows_f16c(const logits_job *job, int j0, int j1) { (void)job, (void)j0, (void)j1; }
+static void dots_f16c(const dot_job *job, int j0, int j1) { (void)job, (void)j0, (void)j1; }
 static int have_f16c(void) { return 0; }
 #endif
 
-static void logits_rows_generic(const logits_job *job, int j0, int j1) {
-    const int m = job->m, k = job->k, n = job->n;
+static void dots_generic(const dot_job *job, int j0, int j1) {
+    const int m = job->m, k = job->k;
     for (int j = j0; j < j1; j++) {
         const uint16_t *row = job->w + (size_t)j * k;
         for (int i = 0; i < m; i++) {
             const float *x = job->x + (size_t)i * k;
             float acc = 0.0f;
             for (int kk = 0; kk < k; kk++) acc += x[kk] * half_to_float(row[kk]);
-            job->out[(size_t)i * n + j] = acc;
+            dot_store(job, i, j, acc);
         }
     }
 }
 
+static void dots(const dot_job *job, int j0, int j1) { (have_f16c() ? dots_f16c : dots_generic)(job, j0, j1); }
+
+#define WM_VOCAB_ROWS 2048
+
+typedef struct {
+    dot_job dots;
+    int n, next; /* rows of w, and the next block of WM_VOCAB_ROWS of them (taken atomically) */
+} logits_job;
+
 static void *logits_worker(void *arg) {
     logits_job *job = arg;
-    void (*rows)(const logits_job *, int, int) = have_f16c() ? logits_rows_f16c : logits_rows_generic;
     for (;;) {
         int j0 = __atomic_fetch_add(&job->next, WM_VOCAB_ROWS, __ATOMIC_RELAXED);
         if (j0 >= job->n) break;
-        rows(job, j0, j0 + WM_VOCAB_ROWS < job->n ? j0 + WM_VOCAB_ROWS : job->n);
+        dots(&job->dots, j0, j0 + WM_VOCAB_ROWS < job->n ? j0 + WM_VOCAB_ROWS : job->n);
     }
     return NULL;
 }
@@ -309,10 +322,11 @@ static void *logits_worker(void *arg) {
  * The decoder's logits: w is the token embedding (n_vocab x n_state), kept in float16 where
  * that is exact (checkpoints are float16), so each token streams half the bytes. */
 void wm_logits_f16(const float *x, int m, int k, const uint16_t *w, int n, float *out, int n_threads) {
-    logits_job job = {x, w, out, m, k, n, n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads), 0};
+    logits_job job = {{x, w, out, NULL, m, k, n, 0}, n, 0};
+    n_threads = n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads);
     pthread_t threads[64];
     int started = 0;
-    for (int i = 1; i < job.n_threads; i++)
+    for (int i = 1; i < n_threads; i++)
         if (pthread_create(&threads[started], NULL, logits_worker, &job) == 0) started++;
     logits_worker(&job);
     for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
@@ -345,6 +359,7 @@ typedef struct {
     float *x, *q, *o, *mlp, *logits;
     float *scratch; /* per thread: t * max(S, end) weights, t sums, n * c normed rows */
     size_t scratch_floats;
+    int hrows;        /* rows of each thread's normed copy of x */
     int count, sense; /* spin barrier */
     int go;           /* set once every thread is started and n_threads is final */
 } step_job;
@@ -370,12 +385,40 @@ static void slice(int n, int parts, int k, int *lo, int *hi) {
     *hi = b < n ? b : n;
 }
 
-/* Columns [j0, j1) of y (n x out) = x (n x in) W^T + b; added to y when accumulate (residual). */
-static void linear_cols(const float *x, int n, int in, const float *w, const float *b, int out, float *y,
-                        int accumulate, int j0, int j1) {
+#define WM_DOT_ROWS 8 /* up to this many rows, products read the float16 weights directly */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,f16c"))) static void halves_to_floats_f16c(float *dst, const uint16_t *src, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+}
+#else
+static void halves_to_floats_f16c(float *dst, const uint16_t *src, size_t n) { (void)dst, (void)src, (void)n; }
+#endif
+
+static void halves_to_floats(float *dst, const uint16_t *src, size_t n) {
+    if (have_f16c()) {
+        halves_to_floats_f16c(dst, src, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
+}
+
+/* Columns [j0, j1) of y (n x out) = x (n x in) W^T + b, added to y when accumulate (the residual);
+ * W (out x in) float16. A decoder step's few rows: dot products straight from the float16
+ * weights (half the bytes of float32). A prompt's many rows: the slice of W converted to float32
+ * in tmp, then sgemm. */
+static void linear_cols(const float *x, int n, int in, const uint16_t *w, const float *b, int out, float *y,
+                        int accumulate, int j0, int j1, float *tmp) {
     if (j1 <= j0) return;
-    cblas_sgemm(RowMajor, NoTrans, Trans, n, j1 - j0, in, 1.0f, x, in, w + (size_t)j0 * in, in,
-                accumulate ? 1.0f : 0.0f, y + j0, out);
+    if (n <= WM_DOT_ROWS) {
+        dot_job job = {x, w, y, b, n, in, out, accumulate};
+        dots(&job, j0, j1);
+        return;
+    }
+    halves_to_floats(tmp, w + (size_t)j0 * in, (size_t)(j1 - j0) * in);
+    cblas_sgemm(RowMajor, NoTrans, Trans, n, j1 - j0, in, 1.0f, x, in, tmp, in, accumulate ? 1.0f : 0.0f, y + j0, out);
     if (b)
         for (int i = 0; i < n; i++)
             for (int j = j0; j < j1; j++) y[(size_t)i * out + j] += b[j];
@@ -415,12 +458,15 @@ static void head_attention(const float *q, int ldq, const float *k, int ldk, int
     }
 }
 
+#define W(i) ((const uint16_t *)p[i]) /* a float16 weight matrix of the layer */
+
 static void step_thread(step_job *job, int k) {
     const int c = job->c, d = job->d, n = job->n, t = job->t, nt = job->n_threads, s_a = job->s_a;
     const int h_items = job->batch * job->n_head;
     float *w = job->scratch + job->scratch_floats * k;
     float *sums = w + (size_t)t * (s_a > job->end ? s_a : job->end);
     float *h = sums + t; /* this thread's normed copy of x (n x c) */
+    float *tmp = h + (size_t)job->hrows * c; /* float32 slices of weights, for many rows */
     int sense = 0, j0, j1, m0, m1, v0, v1;
     slice(c, nt, k, &j0, &j1);
     slice(4 * c, nt, k, &m0, &m1);
@@ -437,11 +483,11 @@ static void step_thread(step_job *job, int k) {
         float *const *cache = job->caches + (size_t)l * C_CACHES;
         /* self-attention: q, and this step's keys/values written into the cache */
         layer_norm(job->x, n, c, p[L_ATTN_LN_W], p[L_ATTN_LN_B], h);
-        linear_cols(h, n, c, p[L_Q_W], p[L_Q_B], c, job->q, 0, j0, j1);
+        linear_cols(h, n, c, W(L_Q_W), p[L_Q_B], c, job->q, 0, j0, j1, tmp);
         for (int b = 0; b < job->batch; b++) {
             size_t at = ((size_t)b * job->n_ctx + job->offset) * c;
-            linear_cols(h + (size_t)b * t * c, t, c, p[L_K_W], NULL, c, cache[C_SELF_K] + at, 0, j0, j1);
-            linear_cols(h + (size_t)b * t * c, t, c, p[L_V_W], p[L_V_B], c, cache[C_SELF_V] + at, 0, j0, j1);
+            linear_cols(h + (size_t)b * t * c, t, c, W(L_K_W), NULL, c, cache[C_SELF_K] + at, 0, j0, j1, tmp);
+            linear_cols(h + (size_t)b * t * c, t, c, W(L_V_W), p[L_V_B], c, cache[C_SELF_V] + at, 0, j0, j1, tmp);
         }
         barrier(job, &sense);
         for (int item = k; item < h_items; item += nt) {
@@ -451,11 +497,11 @@ static void step_thread(step_job *job, int k) {
                            c, t, job->end, d, job->alpha, job->offset + 1, w, sums);
         }
         barrier(job, &sense);
-        linear_cols(job->o, n, c, p[L_OUT_W], p[L_OUT_B], c, job->x, 1, j0, j1);
+        linear_cols(job->o, n, c, W(L_OUT_W), p[L_OUT_B], c, job->x, 1, j0, j1, tmp);
         barrier(job, &sense);
         /* cross-attention over the window's audio features */
         layer_norm(job->x, n, c, p[L_CROSS_LN_W], p[L_CROSS_LN_B], h);
-        linear_cols(h, n, c, p[L_CQ_W], p[L_CQ_B], c, job->q, 0, j0, j1);
+        linear_cols(h, n, c, W(L_CQ_W), p[L_CQ_B], c, job->q, 0, j0, j1, tmp);
         barrier(job, &sense);
         for (int item = k; item < h_items; item += nt) {
             int b = item / job->n_head, hd = item % job->n_head;
@@ -464,14 +510,14 @@ static void step_thread(step_job *job, int k) {
                            job->o + row, c, t, s_a, d, job->alpha, -1, w, sums);
         }
         barrier(job, &sense);
-        linear_cols(job->o, n, c, p[L_COUT_W], p[L_COUT_B], c, job->x, 1, j0, j1);
+        linear_cols(job->o, n, c, W(L_COUT_W), p[L_COUT_B], c, job->x, 1, j0, j1, tmp);
         barrier(job, &sense);
         /* MLP: this thread's slice of the hidden units, then of the output */
         layer_norm(job->x, n, c, p[L_MLP_LN_W], p[L_MLP_LN_B], h);
-        linear_cols(h, n, c, p[L_FC1_W], p[L_FC1_B], 4 * c, job->mlp, 0, m0, m1);
+        linear_cols(h, n, c, W(L_FC1_W), p[L_FC1_B], 4 * c, job->mlp, 0, m0, m1, tmp);
         for (int i = 0; i < n; i++) wm_gelu(job->mlp + (size_t)i * 4 * c + m0, m1 - m0);
         barrier(job, &sense);
-        linear_cols(job->mlp, n, 4 * c, p[L_FC2_W], p[L_FC2_B], c, job->x, 1, j0, j1);
+        linear_cols(job->mlp, n, 4 * c, W(L_FC2_W), p[L_FC2_B], c, job->x, 1, j0, j1, tmp);
         barrier(job, &sense);
     }
     /* final norm of the wanted rows, then their logits over this thread's slice of the vocabulary */
@@ -480,8 +526,8 @@ static void step_thread(step_job *job, int k) {
             layer_norm(job->x + ((size_t)b * t + job->rows[r]) * c, 1, c, dp[D_LN_W], dp[D_LN_B],
                        h + ((size_t)b * job->n_rows + r) * c);
     slice(job->n_vocab, nt, k, &v0, &v1);
-    logits_job lj = {h, (const uint16_t *)dp[D_EMB16], job->logits, job->batch * job->n_rows, c, job->n_vocab, 1, 0};
-    (have_f16c() ? logits_rows_f16c : logits_rows_generic)(&lj, v0, v1);
+    dot_job logits = {h, (const uint16_t *)dp[D_EMB16], job->logits, NULL, job->batch * job->n_rows, c, job->n_vocab, 0};
+    dots(&logits, v0, v1);
 }
 
 static void *step_worker(void *arg) {
@@ -504,20 +550,22 @@ int wm_decode_tokens(const float *const *params, float *const *caches, int n_lay
     if (offset + t > n_ctx) return -2;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 64) n_threads = 64;
-    int n = batch * t, end = offset + t, s_max = n_audio_ctx > end ? n_audio_ctx : end;
-    int hrows = n > batch * n_rows ? n : batch * n_rows;
-    step_job job = {params, caches, n_layer, n_state, n_head, n_state / n_head, n_ctx, n_audio_ctx, n_vocab,
-                    batch, t, offset, end, n, n_rows, n_threads, 1.4426950408889634f / sqrtf((float)(n_state / n_head)),
-                    tokens, rows, NULL, NULL, NULL, NULL, logits, NULL, 0, 0, 0, 0};
-    job.scratch_floats = ((size_t)t * s_max + t + (size_t)hrows * n_state + 15) & ~(size_t)15;
-    float *buf = malloc(sizeof(float) * ((size_t)n * n_state * 3 + (size_t)n * 4 * n_state +
-                                         job.scratch_floats * n_threads));
+    int n = batch * t, end = offset + t, s_max = n_audio_ctx > end ? n_audio_ctx : end, c = n_state;
+    step_job job = {.params = params, .caches = caches, .n_layer = n_layer, .c = c, .n_head = n_head,
+                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .n_vocab = n_vocab, .batch = batch,
+                    .t = t, .offset = offset, .end = end, .n = n, .n_rows = n_rows, .n_threads = n_threads,
+                    .alpha = 1.4426950408889634f / sqrtf((float)(c / n_head)), .tokens = tokens, .rows = rows,
+                    .logits = logits, .hrows = n > batch * n_rows ? n : batch * n_rows};
+    /* per thread: attention weights and sums, normed rows, and for many rows a float32 weight slice */
+    size_t tmp = n > WM_DOT_ROWS ? (size_t)(4 * c / n_threads + 16) * 4 * c : 0;
+    job.scratch_floats = ((size_t)t * s_max + t + (size_t)job.hrows * c + tmp + 15) & ~(size_t)15;
+    float *buf = malloc(sizeof(float) * ((size_t)n * c * 7 + job.scratch_floats * n_threads));
     if (!buf) return -1;
     job.x = buf;
-    job.q = job.x + (size_t)n * n_state;
-    job.o = job.q + (size_t)n * n_state;
-    job.mlp = job.o + (size_t)n * n_state;
-    job.scratch = job.mlp + (size_t)n * 4 * n_state;
+    job.q = job.x + (size_t)n * c;
+    job.o = job.q + (size_t)n * c;
+    job.mlp = job.o + (size_t)n * c;
+    job.scratch = job.mlp + (size_t)n * 4 * c;
     int blas_threads = n_threads > 1 && blas_get_threads && blas_set_threads ? blas_get_threads() : 0;
     if (blas_threads > 1) blas_set_threads(1);
     pthread_t threads[64];

@@ -146,8 +146,9 @@ def test_embedding_goes_float16_only_when_exact():
         np.testing.assert_allclose(np.array(dec.logits(x)), expected, rtol=1e-5, atol=1e-5)
 
 
-def _small_decoder(seed: int = 0):
-    """A 2-layer text decoder with random float16-exact weights (as converted checkpoints are)."""
+def _small_decoder(seed: int = 0, inexact: str | None = None):
+    """A 2-layer text decoder with random float16-exact weights (as converted checkpoints are),
+    but for the `inexact` parameter, prepared for the CPU."""
     from mlx.utils import tree_flatten, tree_unflatten
     from whisper_mlx.model import TextDecoder
 
@@ -156,9 +157,10 @@ def _small_decoder(seed: int = 0):
     params = {k: mx.array((rng.normal(size=v.shape) * 0.3).astype(np.float16).astype(np.float32))
               for k, v in tree_flatten(dec.parameters())}
     params["blocks.0.attn.key.weight"] = params["blocks.0.attn.key.weight"] * 2  # sharper attention
+    if inexact:
+        params[inexact] = params[inexact] + 1e-6
     dec.update(tree_unflatten(list(params.items())))
     dec.prepare_cpu()
-    assert dec.kernel is not None
     return dec, rng
 
 
@@ -175,6 +177,7 @@ def test_decoder_kernel_matches_the_mlx_decoder():
     from whisper_mlx.decoding import Inference, KernelInference
 
     dec, rng = _small_decoder()
+    assert dec.kernel is not None
     features = mx.array(rng.normal(size=(3, 37, 64)).astype(np.float32))
     tokens = rng.integers(0, 700, size=(3, 6))
     graph, kernel = Inference(_Model(dec), features), KernelInference(_Model(dec), features)
@@ -199,14 +202,20 @@ def test_decoder_kernel_stops_at_the_context_length():
         cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
 
 
-def test_decoder_kernel_needs_exact_float16_embedding():
-    """Without an exact float16 embedding (the kernel's logits read float16) the MLX graph decodes."""
-    from whisper_mlx.model import TextDecoder
+@pytest.mark.parametrize("inexact", [None, "token_embedding.weight", "blocks.1.mlp.0.weight"])
+def test_decoder_kernel_keeps_weight_matrices_in_float16_only_when_exact(inexact):
+    """prepare_cpu keeps the decoder's weight matrices in float16 (the kernel reads those) only
+    where float16 holds them and the embedding exactly; otherwise nothing changes and the MLX
+    graph decodes."""
+    from mlx.utils import tree_flatten
 
-    dec = TextDecoder(n_vocab=50, n_ctx=8, n_state=16, n_head=2, n_layer=1)
-    dec.token_embedding.weight = mx.array(np.full((50, 16), 0.1, np.float32))  # 0.1 is not a float16
-    dec.prepare_cpu()
-    assert dec.kernel is None
+    dec, _ = _small_decoder(inexact=inexact)
+    dtypes = {name: p.dtype for name, p in tree_flatten(dec.blocks[1].parameters())}
+    halves = {name for name, dtype in dtypes.items() if dtype == mx.float16}
+    if inexact is None:
+        assert dec.kernel is not None and halves == cpu_kernels.FLOAT16_PARAMS
+    else:
+        assert dec.kernel is None and not halves
 
 
 @pytest.mark.parametrize("beam_size", [None, 3])

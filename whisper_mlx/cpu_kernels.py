@@ -75,16 +75,17 @@ def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _evaluated(*arrays) -> tuple[list, list[np.ndarray]]:
-    """The arrays made contiguous and evaluated, with writable float32 NumPy views of them
-    (no copy): the C kernels read and write MLX's buffers directly."""
+def _evaluated(*arrays, dtypes: list | None = None) -> tuple[list, list[np.ndarray]]:
+    """The arrays made contiguous and evaluated, with writable NumPy views of them (no copy): the
+    C kernels read and write MLX's buffers directly. Each must have its dtype in `dtypes`
+    (default: all float32)."""
     import mlx.core as mx
 
     arrays = [mx.contiguous(a) for a in arrays]
     mx.eval(*arrays)
     views = [np.array(a, copy=False) for a in arrays]
-    for view in views:
-        assert view.dtype == np.float32 and view.flags.c_contiguous, (view.dtype, view.strides)
+    for view, dtype in zip(views, dtypes or [np.float32] * len(views)):
+        assert view.dtype == dtype and view.flags.c_contiguous, (view.dtype, dtype, view.strides)
     return arrays, views
 
 
@@ -133,6 +134,8 @@ LAYER_PARAMS = (
     "cross_attn.out.weight", "cross_attn.out.bias",
     "mlp_ln.weight", "mlp_ln.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
 )
+# The weight matrices among them, which the kernel reads as float16 (the rest are float32).
+FLOAT16_PARAMS = frozenset(name for name in LAYER_PARAMS if name.endswith(".weight") and "ln" not in name)
 
 
 def _pointers(arrays: list[np.ndarray]) -> ctypes.Array:
@@ -142,7 +145,7 @@ def _pointers(arrays: list[np.ndarray]) -> ctypes.Array:
 @dataclass(frozen=True)
 class DecoderKernel:
     """A text decoder's parameters as the pointer table of `wm_decode_tokens`: each layer's
-    float32 parameters, then the positional embedding, final norm and float16 token embedding."""
+    parameters, then the positional embedding, final norm and float16 token embedding."""
 
     views: tuple  # NumPy views of the parameters, kept alive with the table
     table: ctypes.Array
@@ -153,23 +156,18 @@ class DecoderKernel:
     n_vocab: int
 
 
-def decoder_kernel(blocks: list, n_head: int, positional_embedding, ln, embedding16: np.ndarray | None):
-    """The C decoder's view of a text decoder, or None where the kernels are not built, a
-    parameter is not float32 or the token embedding has no exact float16 copy (the MLX graph
-    then decodes)."""
-    import mlx.core as mx
+def decoder_kernel(blocks: list, n_head: int, positional_embedding, ln, embedding16: np.ndarray) -> DecoderKernel:
+    """The C decoder's view of a text decoder whose weight matrices (FLOAT16_PARAMS) are float16
+    and other parameters float32 (TextDecoder.prepare_cpu arranges this)."""
     from mlx.utils import tree_flatten
 
-    if _LIB is None or embedding16 is None:
-        return None
     arrays = []
     for block in blocks:
         params = dict(tree_flatten(block.parameters()))
-        arrays.extend(params.get(name) for name in LAYER_PARAMS)
+        arrays.extend(params[name] for name in LAYER_PARAMS)
     arrays += [positional_embedding, ln.weight, ln.bias]
-    if any(a is None or a.dtype != mx.float32 for a in arrays):
-        return None
-    _, views = _evaluated(*arrays)
+    dtypes = [np.float16 if name in FLOAT16_PARAMS else np.float32 for _ in blocks for name in LAYER_PARAMS]
+    _, views = _evaluated(*arrays, dtypes=dtypes + [np.float32] * 3)
     views.append(embedding16)
     n_ctx, n_state = views[-4].shape
     return DecoderKernel(tuple(views), _pointers(views), len(blocks), n_state, n_head, n_ctx, embedding16.shape[0])

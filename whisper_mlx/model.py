@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 from . import backend, cpu_kernels
 
@@ -225,6 +226,17 @@ class AudioEncoder(nn.Module):
         return self.ln_post(x)
 
 
+def _float16_if_exact(w: mx.array) -> mx.array | None:
+    """w in float16, evaluated, if float16 holds every float32 value of w exactly; else None."""
+    if w.dtype != mx.float32:
+        return None
+    w16 = w.astype(mx.float16)
+    if not mx.array_equal(w16.astype(mx.float32), w).item():
+        return None
+    mx.eval(w16)
+    return w16
+
+
 class TextDecoder(nn.Module):
     def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
         super().__init__()
@@ -238,8 +250,21 @@ class TextDecoder(nn.Module):
 
     def prepare_cpu(self) -> None:
         """Ready the decoder for CPU decoding: the embedding's layout for logits, and where the C
-        kernels are built and the weights are float32, the parameter table of their decoder step."""
+        kernels are built and float16 holds every weight matrix exactly (true of every converted
+        OpenAI checkpoint), the C decoder. Its matrices are then kept in float16 only: a token
+        streams half the bytes, and MLX still computes with them in float32 (word timing's pass)."""
         self.transpose_embedding()
+        if self._embedding16 is None:
+            return
+        halves = [
+            [(name, _float16_if_exact(w)) for name, w in tree_flatten(block.parameters())
+             if name in cpu_kernels.FLOAT16_PARAMS]
+            for block in self.blocks
+        ]
+        if any(w is None for layer in halves for _, w in layer):
+            return
+        for block, layer in zip(self.blocks, halves):
+            block.update(tree_unflatten(layer))
         self.kernel = cpu_kernels.decoder_kernel(
             self.blocks, self.blocks[0].attn.n_head, self.positional_embedding, self.ln, self._embedding16
         )
@@ -251,10 +276,8 @@ class TextDecoder(nn.Module):
         keep a contiguous (n_state, n_vocab) transpose: MLX's per-token product then streams rows
         (about 2x faster). The original float32 copy is released."""
         w = self.token_embedding.weight
-        if cpu_kernels.available() and w.dtype == mx.float32:
-            w16 = w.astype(mx.float16)
-            if mx.array_equal(w16.astype(mx.float32), w).item():
-                self._embedding16 = np.array(w16)
+        if cpu_kernels.available() and (w16 := _float16_if_exact(w)) is not None:
+            self._embedding16 = np.array(w16)
         if self._embedding16 is None:
             self._embedding_t = mx.contiguous(w.T)
             mx.eval(self._embedding_t)
