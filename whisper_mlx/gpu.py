@@ -257,6 +257,24 @@ def greedy(
     tokens' log probabilities, no-speech probability at the start-of-transcript position), as
     decoding's NumPy loop computes them."""
     gpu = decoder_for(model)
+    args = (audio_features, initial)
+    kwargs = dict(sot_index=sot_index, sample_len=sample_len, eot=eot, no_speech=no_speech,
+                  suppress_ids=suppress_ids, blank_ids=blank_ids, timestamp_rules=timestamp_rules)
+    fused = fused_for(gpu, audio_features.shape[1])
+    if fused is not None:
+        try:
+            return _greedy(gpu, *args, fused=fused, **kwargs)
+        except FusedStepFailed:
+            import warnings
+
+            warnings.warn("whisper_mlx: the fused CUDA decoder step could not run; using the compiled MLX step")
+            gpu._fused_off = True
+    return _greedy(gpu, *args, fused=None, **kwargs)
+
+
+def _greedy(gpu: GpuDecoder, audio_features, initial, *, sot_index, sample_len, eot, no_speech, suppress_ids,
+            blank_ids, timestamp_rules, fused: FusedStep | None):
+    model = gpu.model
     n_vocab = model.dims.n_vocab
     suppress, blank = _filter_masks(n_vocab, suppress_ids, blank_ids)
     ts_begin, no_ts, max_ts = timestamp_rules if timestamp_rules is not None else (n_vocab, n_vocab, -1)
@@ -271,6 +289,8 @@ def greedy(
     state = mx.array([0, -1, -1, -1], mx.int32)
     token, logprob, state = select_token(logits[:, 1], state, suppress, blank, rules)
     mx.async_eval(token, logprob, state, no_speech_prob)
+    if fused is not None:
+        kc, vc, ck, cv = fused.caches(cache, cross)
 
     sampled: list[int] = []
     sum_logprob = 0.0
@@ -280,17 +300,623 @@ def greedy(
         more = i + 1 < sample_len and offset + 1 <= gpu.n_ctx
         if more:
             position = mx.array([offset], mx.int32)
-            nxt = gpu._step(token, position, state, cache, cross, suppress, blank, rules)
+            if fused is not None:
+                nxt = fused(token, position, state, kc, vc, ck, cv, suppress, blank, rules)
+            else:
+                nxt = gpu._step(token, position, state, cache, cross, suppress, blank, rules)
             mx.async_eval(nxt[0], nxt[1], nxt[2])
         t = int(token.item())
+        if t >= n_vocab:
+            raise FusedStepFailed(f"token {t}")
         sampled.append(t)
         sum_logprob += float(logprob.item())
         if t == eot or not more:
             break
-        token, logprob, state, cache = nxt
+        if fused is not None:
+            token, logprob, state = nxt
+        else:
+            token, logprob, state, cache = nxt
         offset += 1
     tokens = np.array([list(initial) + sampled])
     return tokens, sum_logprob, float(no_speech_prob.item())
+
+
+
+# ---- the whole decoder step as one CUDA kernel ------------------------------------------------
+#
+# MLX runs the compiled step above as ~15 kernels per layer, each with a host-side cost (graph
+# node, dependency tracking, graph update and launch) of several microseconds: large-v3's step is
+# ~7 ms against a 0.6 ms memory bound. Under MLX's CUDA backend the step below is one kernel
+# (plus MLX's fills of its outputs): every block of a grid of one block per SM walks the layers,
+# with a grid-wide barrier between the phases (layer norm + fused QKV and the cache write,
+# self-attention, output projection, cross query, cross-attention split over key blocks, output
+# projection, MLP up + GELU, MLP down), then the vocabulary projection with the logit filters
+# folded into per-block partial statistics, and block 0 picks the token. The residual stream
+# stays in float32. A barrier that waits too long (blocks not co-resident) sets a flag, the
+# kernel returns an impossible token, and the caller falls back to the compiled MLX step.
+
+_FUSED_HEADER = r"""
+__device__ __forceinline__ float wm_neg_inf() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float tof(float x) { return x; }
+__device__ __forceinline__ float tof(__half x) { return __half2float(x); }
+__device__ __forceinline__ float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ float ldc(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ float ldc(const __half* p) { return __half2float(__ldcg(p)); }
+__device__ __forceinline__ float ldc(const __nv_bfloat16* p) { return __bfloat162float(__ldcg(p)); }
+
+// 8 consecutive elements as floats (16-byte aligned); COHERENT: through L2 only (data this
+// kernel writes), else the read-only path (weights)
+template <bool COHERENT>
+__device__ __forceinline__ void load8(const __half* p, float* o) {
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+  uint4 u = COHERENT ? __ldcg(q) : __ldg(q);
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+template <bool COHERENT>
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* o) {
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+  uint4 u = COHERENT ? __ldcg(q) : __ldg(q);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 f = __bfloat1622float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+template <bool COHERENT>
+__device__ __forceinline__ void load8(const float* p, float* o) {
+  const float4* q = reinterpret_cast<const float4*>(p);
+  float4 a = COHERENT ? __ldcg(q) : __ldg(q);
+  float4 b = COHERENT ? __ldcg(q + 1) : __ldg(q + 1);
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// over the block; every thread gets the result
+__device__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float t = (threadIdx.x % 32) < WM_NW ? red[threadIdx.x % 32] : 0.f;
+  return warp_sum(t);
+}
+__device__ float block_max(float v, float* red) {
+  v = warp_max(v);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float t = (threadIdx.x % 32) < WM_NW ? red[threadIdx.x % 32] : wm_neg_inf();
+  return warp_max(t);
+}
+
+// all blocks reach this point before any goes on; a wait past ~1 s (blocks not co-resident)
+// sets *fail and every later barrier passes through
+__device__ __forceinline__ void grid_sync(unsigned* bar, unsigned& target, volatile int* fail) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    target += gridDim.x;
+    __threadfence();
+    atomicAdd(bar, 1u);
+    if (!*fail) {
+      unsigned spins = 0, v;
+      while (true) {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+        if (v >= target) break;
+        if (++spins > (1u << 22)) {
+          *fail = 1;
+          break;
+        }
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// y = W[r, :K] . v (v in shared memory, float32) for the rows r < R, spread over every warp of the
+// grid two rows at a time; lane 0 calls f(r, y) for each row, in increasing r within a warp
+template <int K, typename T, typename F>
+__device__ __forceinline__ void rows_dot(const T* W, const float* v, int R, F f) {
+  const int lane = threadIdx.x % 32;
+  const int gw = blockIdx.x * WM_NW + threadIdx.x / 32;
+  const int nw = gridDim.x * WM_NW;
+  for (int r = gw; r < R; r += 2 * nw) {
+    const int r2 = r + nw;
+    const bool two = r2 < R;
+    const T* w1 = W + (size_t)r * K;
+    const T* w2 = W + (size_t)(two ? r2 : r) * K;
+    float a1 = 0.f, a2 = 0.f;
+#pragma unroll 5
+    for (int k = lane * 8; k < K; k += 256) {
+      float x[8], y[8];
+      load8<false>(w1 + k, x);
+      load8<false>(w2 + k, y);
+      const float4 v0 = *reinterpret_cast<const float4*>(v + k);
+      const float4 v1 = *reinterpret_cast<const float4*>(v + k + 4);
+      a1 += x[0] * v0.x + x[1] * v0.y + x[2] * v0.z + x[3] * v0.w + x[4] * v1.x + x[5] * v1.y + x[6] * v1.z + x[7] * v1.w;
+      a2 += y[0] * v0.x + y[1] * v0.y + y[2] * v0.z + y[3] * v0.w + y[4] * v1.x + y[5] * v1.y + y[6] * v1.z + y[7] * v1.w;
+    }
+    a1 = warp_sum(a1);
+    a2 = warp_sum(a2);
+    if (lane == 0) {
+      f(r, a1);
+      if (two) f(r2, a2);
+    }
+  }
+}
+
+// layer norm (eps 1e-5) of the float32 residual x (global) into hs (shared)
+template <typename T>
+__device__ void layer_norm(const float* x, const T* w, const T* b, float* hs, float* red) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < WM_C; i += WM_NT) {
+    const float v = __ldcg(x + i);
+    hs[i] = v;
+    s += v;
+  }
+  const float mean = block_sum(s, red) / WM_C;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < WM_C; i += WM_NT) {
+    const float d = hs[i] - mean;
+    q += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(q, red) / WM_C + 1e-5f);
+  for (int i = threadIdx.x; i < WM_C; i += WM_NT) hs[i] = (hs[i] - mean) * rstd * tof(w[i]) + tof(b[i]);
+  __syncthreads();
+}
+
+__device__ void to_shared(const float* g, float* s, int n) {
+  for (int i = threadIdx.x; i < n; i += WM_NT) s[i] = __ldcg(g + i);
+  __syncthreads();
+}
+
+// exact GELU through the same rational erf as whisper_mlx.model.gelu
+__device__ __forceinline__ float gelu_f(float x) {
+  const float z = fminf(fmaxf(x * 0.7071067811865476f, -4.f), 4.f);
+  const float z2 = z * z;
+  float p = -2.72614225801306e-10f;
+  p = p * z2 + 2.77068142495902e-08f;
+  p = p * z2 + -2.10102402082508e-06f;
+  p = p * z2 + -5.69250639462346e-05f;
+  p = p * z2 + -7.34990630326855e-04f;
+  p = p * z2 + -2.95459980854025e-03f;
+  p = p * z2 + -1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * z2 + -2.13374055278905e-04f;
+  q = q * z2 + -1.68282697438203e-03f;
+  q = q * z2 + -7.37332916720468e-03f;
+  q = q * z2 + -1.42647390514189e-02f;
+  return 0.5f * x * (1.f + z * p / q);
+}
+
+// softmax(q K^T) V over keys [0, n) of one head (K, V: (n, WM_D) rows); q pre-scaled in qs.
+// Writes the unnormalized sum into out[d] (d < WM_D) and returns (max, sum of exp).
+template <bool COHERENT, typename T>
+__device__ float2 attend(const T* K, const T* V, int n, const float* qs, float* sc, float* part, float* red, float* out) {
+  float m = wm_neg_inf();
+  for (int j = threadIdx.x; j < n; j += WM_NT) {
+    float s = 0.f;
+#pragma unroll
+    for (int d = 0; d < WM_D; d += 8) {
+      float k8[8];
+      load8<COHERENT>(K + (size_t)j * WM_D + d, k8);
+#pragma unroll
+      for (int i = 0; i < 8; i++) s += k8[i] * qs[d + i];
+    }
+    sc[j] = s;
+    m = fmaxf(m, s);
+  }
+  m = block_max(m, red);
+  float l = 0.f;
+  for (int j = threadIdx.x; j < n; j += WM_NT) {
+    const float p = expf(sc[j] - m);
+    sc[j] = p;
+    l += p;
+  }
+  l = block_sum(l, red);  // (its barrier also publishes sc)
+  constexpr int G = WM_NT / WM_D;
+  const int d = threadIdx.x % WM_D, g = threadIdx.x / WM_D;
+  float acc = 0.f;
+  for (int j = g; j < n; j += G) acc += sc[j] * (COHERENT ? ldc(V + (size_t)j * WM_D + d) : tof(V[(size_t)j * WM_D + d]));
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.x < WM_D) {
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < G; i++) t += part[i * WM_D + threadIdx.x];
+    out[threadIdx.x] = t;
+  }
+  __syncthreads();
+  return make_float2(m, l);
+}
+
+struct PickStats {
+  float m_all, s_all, m_ts, s_ts, m_txt;
+  int i_ts, i_txt;
+};
+
+__device__ __forceinline__ void merge_sum(float& m1, float& s1, float m2, float s2) {
+  if (m2 == wm_neg_inf()) return;
+  if (m1 == wm_neg_inf()) { m1 = m2; s1 = s2; return; }
+  const float m = fmaxf(m1, m2);
+  s1 = s1 * expf(m1 - m) + s2 * expf(m2 - m);
+  m1 = m;
+}
+__device__ __forceinline__ void merge_arg(float& m1, int& i1, float m2, int i2) {
+  if (i2 < 0) return;
+  if (i1 < 0 || m2 > m1 || (m2 == m1 && i2 < i1)) { m1 = m2; i1 = i2; }
+}
+__device__ __forceinline__ void merge_stats(PickStats& a, const PickStats& b) {
+  float mt = a.m_ts;
+  int it = a.i_ts;
+  merge_arg(mt, it, b.m_ts, b.i_ts);
+  merge_sum(a.m_ts, a.s_ts, b.m_ts, b.s_ts);
+  a.i_ts = it;
+  merge_sum(a.m_all, a.s_all, b.m_all, b.s_all);
+  merge_arg(a.m_txt, a.i_txt, b.m_txt, b.i_txt);
+}
+
+template <typename T>
+__device__ void step_impl(
+    const uint32_t* tok, const int32_t* posp, const int32_t* state, const int32_t* rules, const T* emb,
+    const float* pemb, const T* ln1w, const T* ln1b, const T* wqkv, const T* bqkv, const T* wo, const T* bo,
+    const T* ln2w, const T* ln2b, const T* wcq, const T* bcq, const T* wco, const T* bco, const T* ln3w,
+    const T* ln3b, const T* w1, const T* b1, const T* w2, const T* b2, const T* lnfw, const T* lnfb,
+    const T* kc_, const T* vc_, const T* ck, const T* cv, const float* suppress, const float* blank,
+    uint32_t* tok_out, float* lp_out, int32_t* st_out, float* scr) {
+  constexpr int C = WM_C, H = WM_H, D = WM_D, F = WM_F;
+  constexpr int NPART = H * WM_NSPLIT;
+  constexpr int CHUNK = (WM_S + WM_NSPLIT - 1) / WM_NSPLIT;
+  constexpr int SC = WM_CTX > CHUNK ? WM_CTX : CHUNK;
+  __shared__ __align__(16) float hs[F > C ? F : C];
+  __shared__ __align__(16) float sc[SC];
+  __shared__ float part[WM_NT];
+  __shared__ float red[32];
+  __shared__ float qs[D];
+  __shared__ float ob[D];
+  __shared__ PickStats ws[WM_NW];
+
+  T* kc = const_cast<T*>(kc_);
+  T* vc = const_cast<T*>(vc_);
+  unsigned* bar = reinterpret_cast<unsigned*>(scr);
+  volatile int* fail = reinterpret_cast<volatile int*>(scr + 1);
+  float* xg = scr + 32;
+  float* qg = xg + C;
+  float* og = qg + C;
+  float* cq = og + C;
+  float* hf = cq + C;
+  float* pp = hf + F;
+  float* lg = pp + NPART * (D + 2);
+  unsigned target = 0;
+  const int tid = threadIdx.x;
+  const int t0 = (int)tok[0], pos = posp[0];
+  const float scale = rsqrtf((float)D);
+
+  for (int i = blockIdx.x * WM_NT + tid; i < C; i += gridDim.x * WM_NT)
+    xg[i] = tof(emb[(size_t)t0 * C + i]) + pemb[(size_t)pos * C + i];
+  grid_sync(bar, target, fail);
+
+  for (int l = 0; l < WM_L; l++) {
+    T* kcl = kc + (size_t)l * H * WM_CTX * D;
+    T* vcl = vc + (size_t)l * H * WM_CTX * D;
+    // self-attention: layer norm, fused query/key/value, key and value into the cache
+    layer_norm(xg, ln1w + l * C, ln1b + l * C, hs, red);
+    const T* bq = bqkv + (size_t)l * 3 * C;
+    rows_dot<C>(wqkv + (size_t)l * 3 * C * C, hs, 3 * C, [&](int r, float y) {
+      y += tof(bq[r]);
+      if (r < C) {
+        qg[r] = y;
+      } else {
+        const int c = r < 2 * C ? r - C : r - 2 * C;
+        T* cache = r < 2 * C ? kcl : vcl;
+        store(cache + ((size_t)(c / D) * WM_CTX + pos) * D + c % D, y);
+      }
+    });
+    grid_sync(bar, target, fail);
+    for (int h = blockIdx.x; h < H; h += gridDim.x) {
+      if (tid < D) qs[tid] = __ldcg(qg + h * D + tid) * scale;
+      __syncthreads();
+      const float2 ml = attend<true>(kcl + (size_t)h * WM_CTX * D, vcl + (size_t)h * WM_CTX * D, pos + 1, qs, sc, part, red, ob);
+      if (tid < D) og[h * D + tid] = ob[tid] / ml.y;
+      __syncthreads();
+    }
+    grid_sync(bar, target, fail);
+    to_shared(og, hs, C);
+    const T* bol = bo + (size_t)l * C;
+    rows_dot<C>(wo + (size_t)l * C * C, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(bol[r]); });
+    grid_sync(bar, target, fail);
+    // cross-attention: query, then partial softmax sums over key blocks, then combined
+    layer_norm(xg, ln2w + l * C, ln2b + l * C, hs, red);
+    const T* bcql = bcq + (size_t)l * C;
+    rows_dot<C>(wcq + (size_t)l * C * C, hs, C, [&](int r, float y) { cq[r] = y + tof(bcql[r]); });
+    grid_sync(bar, target, fail);
+    for (int item = blockIdx.x; item < NPART; item += gridDim.x) {
+      const int h = item / WM_NSPLIT, c = item % WM_NSPLIT;
+      const int j0 = c * CHUNK, n = min(WM_S, j0 + CHUNK) - j0;
+      float* out = pp + (size_t)item * (D + 2);
+      if (tid < D) qs[tid] = __ldcg(cq + h * D + tid) * scale;
+      __syncthreads();
+      if (n > 0) {
+        const size_t base = ((size_t)(l * H + h) * WM_S + j0) * D;
+        const float2 ml = attend<false>(ck + base, cv + base, n, qs, sc, part, red, out + 2);
+        if (tid == 0) { out[0] = ml.x; out[1] = ml.y; }
+      } else if (tid < D + 2) {
+        out[tid] = tid == 0 ? wm_neg_inf() : 0.f;
+      }
+      __syncthreads();
+    }
+    grid_sync(bar, target, fail);
+    for (int e = tid; e < C; e += WM_NT) {
+      const int h = e / D, d = e % D;
+      const float* p = pp + (size_t)h * WM_NSPLIT * (D + 2);
+      float m = wm_neg_inf();
+      for (int c = 0; c < WM_NSPLIT; c++) m = fmaxf(m, __ldcg(p + c * (D + 2)));
+      float lsum = 0.f, acc = 0.f;
+      for (int c = 0; c < WM_NSPLIT; c++) {
+        const float mc = __ldcg(p + c * (D + 2));
+        if (mc == wm_neg_inf()) continue;
+        const float w = expf(mc - m);
+        lsum += __ldcg(p + c * (D + 2) + 1) * w;
+        acc += __ldcg(p + c * (D + 2) + 2 + d) * w;
+      }
+      hs[e] = acc / lsum;
+    }
+    __syncthreads();
+    const T* bcol = bco + (size_t)l * C;
+    rows_dot<C>(wco + (size_t)l * C * C, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(bcol[r]); });
+    grid_sync(bar, target, fail);
+    // MLP
+    layer_norm(xg, ln3w + l * C, ln3b + l * C, hs, red);
+    const T* b1l = b1 + (size_t)l * F;
+    rows_dot<C>(w1 + (size_t)l * F * C, hs, F, [&](int r, float y) { hf[r] = gelu_f(y + tof(b1l[r])); });
+    grid_sync(bar, target, fail);
+    to_shared(hf, hs, F);
+    const T* b2l = b2 + (size_t)l * C;
+    rows_dot<F>(w2 + (size_t)l * C * F, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(b2l[r]); });
+    grid_sync(bar, target, fail);
+  }
+
+  // vocabulary: filtered logits folded into per-warp, per-block, then global statistics
+  layer_norm(xg, lnfw, lnfb, hs, red);
+  const int n = state[0], last = state[1], penult = state[2], last_ts = state[3];
+  const bool use_ts = rules[0] > 0;
+  const int ts_begin = rules[1], eot = rules[2], no_ts = rules[3], max_ts = rules[4];
+  const bool first = n == 0;
+  const bool last_was_ts = n >= 1 && last >= ts_begin;
+  const bool penult_was_ts = n < 2 || penult >= ts_begin;
+  const int bound = (last_was_ts && !penult_was_ts) ? last_ts : last_ts + 1;
+  PickStats st = {wm_neg_inf(), 0.f, wm_neg_inf(), 0.f, wm_neg_inf(), -1, -1};
+  rows_dot<C>(emb, hs, WM_V, [&](int v, float y) {
+    float x = y + suppress[v] + (first ? blank[v] : 0.f);
+    const bool is_ts = v >= ts_begin;
+    if (use_ts) {
+      const bool forbid = v == no_ts || (last_was_ts && penult_was_ts && is_ts) ||
+                          (last_was_ts && !penult_was_ts && v < eot) || (last_ts >= 0 && is_ts && v < bound) ||
+                          (first && !is_ts) || (first && max_ts >= 0 && v > ts_begin + max_ts);
+      if (forbid) x = wm_neg_inf();
+    }
+    if (x == wm_neg_inf()) return;
+    merge_sum(st.m_all, st.s_all, x, 1.f);
+    if (is_ts) {
+      if (st.i_ts < 0 || x > st.m_ts) st.i_ts = v;
+      merge_sum(st.m_ts, st.s_ts, x, 1.f);
+    } else if (st.i_txt < 0 || x > st.m_txt) {
+      st.m_txt = x;
+      st.i_txt = v;
+    }
+  });
+  if (tid % 32 == 0) ws[tid / 32] = st;
+  __syncthreads();
+  PickStats* lgs = reinterpret_cast<PickStats*>(lg);
+  if (tid == 0) {
+    PickStats b = ws[0];
+    for (int w = 1; w < WM_NW; w++) merge_stats(b, ws[w]);
+    lgs[blockIdx.x] = b;
+  }
+  grid_sync(bar, target, fail);
+  if (blockIdx.x == 0 && tid == 0) {
+    PickStats a;
+    a.m_all = __ldcg(&lgs[0].m_all); a.s_all = __ldcg(&lgs[0].s_all);
+    a.m_ts = __ldcg(&lgs[0].m_ts); a.s_ts = __ldcg(&lgs[0].s_ts); a.m_txt = __ldcg(&lgs[0].m_txt);
+    a.i_ts = __ldcg(&lgs[0].i_ts); a.i_txt = __ldcg(&lgs[0].i_txt);
+    for (int b = 1; b < gridDim.x; b++) {
+      PickStats s;
+      s.m_all = __ldcg(&lgs[b].m_all); s.s_all = __ldcg(&lgs[b].s_all);
+      s.m_ts = __ldcg(&lgs[b].m_ts); s.s_ts = __ldcg(&lgs[b].s_ts); s.m_txt = __ldcg(&lgs[b].m_txt);
+      s.i_ts = __ldcg(&lgs[b].i_ts); s.i_txt = __ldcg(&lgs[b].i_txt);
+      merge_stats(a, s);
+    }
+    bool ts_wins = false;
+    if (use_ts) {
+      const float c = a.m_all + logf(a.s_all);
+      const float ts_mass = a.i_ts < 0 ? wm_neg_inf() : (a.m_ts - c) + logf(a.s_ts);
+      const float text_best = a.i_txt < 0 ? wm_neg_inf() : a.m_txt - c;
+      ts_wins = ts_mass > text_best;
+    }
+    int token;
+    float lp;
+    if (ts_wins) {
+      token = a.i_ts;
+      lp = -logf(a.s_ts);
+    } else {
+      token = (a.i_txt >= 0 && (a.i_ts < 0 || a.m_txt >= a.m_ts)) ? a.i_txt : a.i_ts;
+      lp = -logf(a.s_all);
+    }
+    if (*fail) token = -1;
+    tok_out[0] = (uint32_t)token;
+    lp_out[0] = lp;
+    st_out[0] = n + 1;
+    st_out[1] = token;
+    st_out[2] = last;
+    st_out[3] = token >= ts_begin ? token : last_ts;
+  }
+}
+"""
+
+_FUSED_INPUTS = ["tok", "pos", "state", "rules", "emb", "pemb", "ln1w", "ln1b", "wqkv", "bqkv", "wo", "bo",
+                 "ln2w", "ln2b", "wcq", "bcq", "wco", "bco", "ln3w", "ln3b", "w1", "b1", "w2", "b2", "lnfw",
+                 "lnfb", "kc", "vc", "ck", "cv", "suppress", "blank"]
+_FUSED_OUTPUTS = ["tok_out", "lp_out", "st_out", "scr"]
+
+
+def fused_source(cfg: dict) -> tuple[str, str]:
+    """(header, kernel body) of the fused step for one model shape; cfg: L, C, H, D, F, CTX
+    (text context), S (audio context), V (vocabulary), NB (blocks), NT (threads per block),
+    NSPLIT (cross-attention key blocks per head)."""
+    consts = "".join(f"#define WM_{k} {v}\n" for k, v in cfg.items())
+    consts += f"#define WM_NW {cfg['NT'] // 32}\n"
+    body = f"step_impl<T>({', '.join(_FUSED_INPUTS + _FUSED_OUTPUTS)});\n"
+    return consts + _FUSED_HEADER, body
+
+
+def fused_scratch_size(cfg: dict) -> int:
+    """float32 elements of the kernel's scratch output (barrier, activations, partial sums)."""
+    return 32 + 4 * cfg["C"] + cfg["F"] + cfg["H"] * cfg["NSPLIT"] * (cfg["D"] + 2) + cfg["NB"] * 8
+
+
+_sm_count: int | None = None
+
+
+def sm_count() -> int:
+    """Streaming multiprocessors of the current GPU, from the SM ids a grid of short blocks runs on
+    (MLX reports no such attribute)."""
+    global _sm_count
+    if _sm_count is None:
+        kernel = mx.fast.cuda_kernel(
+            name="whisper_mlx_smid",
+            input_names=["dummy"],
+            output_names=["seen"],
+            source="""
+                unsigned s;
+                asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+                long long t0 = clock64();
+                while (clock64() - t0 < 20000) {}
+                if (threadIdx.x == 0 && s < 4096) seen[s] = 1;
+            """,
+        )
+        seen = kernel(inputs=[mx.zeros((1,))], grid=(8192 * 32, 1, 1), threadgroup=(32, 1, 1),
+                      output_shapes=[(4096,)], output_dtypes=[mx.int32], init_value=0)[0]
+        _sm_count = int(seen.sum().item())
+    return _sm_count
+
+
+def fused_available() -> bool:
+    """True under MLX's CUDA backend (the fused step is a CUDA kernel), unless
+    WHISPER_MLX_FUSED_STEP=0."""
+    import os
+
+    if os.environ.get("WHISPER_MLX_FUSED_STEP", "1") == "0":
+        return False
+    try:
+        return mx.default_device() == mx.gpu and mx.cuda.is_available() and hasattr(mx.fast, "cuda_kernel")
+    except AttributeError:
+        return False
+
+
+class FusedStep:
+    """One decoder step (greedy pick with the logit filters) as one CUDA kernel; the weights of
+    every layer stacked once, the caches as (n_layer, n_head, rows, head_dim) arrays that the
+    kernel updates in place."""
+
+    def __init__(self, gpu: GpuDecoder, n_audio_ctx: int, threads: int = 512, blocks_per_sm: int = 1):
+        model, dec = gpu.model, gpu.model.decoder
+        dims = model.dims
+        blocks = dec.blocks
+        t = gpu.dtype
+        self.gpu = gpu
+
+        def stack(get):
+            return mx.stack([get(b).astype(t) for b in blocks])
+
+        n_state, n_head = dims.n_text_state, dims.n_text_head
+        mlp = blocks[0].mlp[0].weight.shape[0]
+        nb = sm_count() * blocks_per_sm
+        nsplit = max(1, nb // n_head)
+        self.cfg = dict(L=len(blocks), C=n_state, H=n_head, D=n_state // n_head, F=mlp, CTX=dims.n_text_ctx,
+                        S=n_audio_ctx, V=dims.n_vocab, NB=nb, NT=threads, NSPLIT=nsplit)
+        self.weights = [
+            gpu.embedding.astype(t), dec.positional_embedding.astype(mx.float32),
+            stack(lambda b: b.attn_ln.weight), stack(lambda b: b.attn_ln.bias),
+            mx.stack([q[0].astype(t) for q in gpu.qkv]), mx.stack([q[1].astype(t) for q in gpu.qkv]),
+            stack(lambda b: b.attn.out.weight), stack(lambda b: b.attn.out.bias),
+            stack(lambda b: b.cross_attn_ln.weight), stack(lambda b: b.cross_attn_ln.bias),
+            stack(lambda b: b.cross_attn.query.weight), stack(lambda b: b.cross_attn.query.bias),
+            stack(lambda b: b.cross_attn.out.weight), stack(lambda b: b.cross_attn.out.bias),
+            stack(lambda b: b.mlp_ln.weight), stack(lambda b: b.mlp_ln.bias),
+            stack(lambda b: b.mlp[0].weight), stack(lambda b: b.mlp[0].bias),
+            stack(lambda b: b.mlp[2].weight), stack(lambda b: b.mlp[2].bias),
+            dec.ln.weight.astype(t), dec.ln.bias.astype(t),
+        ]
+        mx.eval(self.weights)
+        header, body = fused_source(self.cfg)
+        name = "whisper_mlx_step_" + "_".join(str(v) for v in self.cfg.values())
+        self.kernel = mx.fast.cuda_kernel(name=name, input_names=_FUSED_INPUTS, output_names=_FUSED_OUTPUTS,
+                                          source=body, header=header, ensure_row_contiguous=False)
+        self.scratch = fused_scratch_size(self.cfg)
+
+    @staticmethod
+    def supported(gpu: GpuDecoder) -> bool:
+        """Float weights (no quantized layers) in float16/bfloat16/float32, 64-wide heads."""
+        dims = gpu.model.dims
+        dec = gpu.model.decoder
+        if gpu.embedding is None or any(q is None for q in gpu.qkv):
+            return False
+        layers = [m for b in dec.blocks for m in (b.attn.out, b.cross_attn.query, b.cross_attn.out, b.mlp[0], b.mlp[2])]
+        if any(type(m) is not nn.Linear for m in layers):
+            return False
+        return gpu.dtype in (mx.float16, mx.bfloat16, mx.float32) and dims.n_text_state // dims.n_text_head == 64
+
+    def caches(self, cache, cross):
+        """The per-layer self-attention cache (after the prompt) and cross keys/values, stacked."""
+        kc = mx.concatenate([k for k, _ in cache], axis=0)
+        vc = mx.concatenate([v for _, v in cache], axis=0)
+        ck = mx.concatenate([k for k, _ in cross], axis=0)
+        cv = mx.concatenate([v for _, v in cross], axis=0)
+        return kc, vc, ck, cv
+
+    def __call__(self, token, position, state, kc, vc, ck, cv, suppress, blank, rules):
+        w = self.weights
+        inputs = [token, position, state, rules, *w, kc, vc, ck, cv, suppress, blank]
+        tok, lp, st, _ = self.kernel(
+            inputs=inputs, template=[("T", self.gpu.dtype)], grid=(self.cfg["NB"] * self.cfg["NT"], 1, 1),
+            threadgroup=(self.cfg["NT"], 1, 1), output_shapes=[(1,), (1,), (4,), (self.scratch,)],
+            output_dtypes=[mx.uint32, mx.float32, mx.int32, mx.float32], init_value=0)
+        return tok, lp, st
+
+
+class FusedStepFailed(RuntimeError):
+    """The fused kernel's grid barrier timed out (its blocks were not all resident at once)."""
+
+
+def fused_for(gpu: GpuDecoder, n_audio_ctx: int) -> FusedStep | None:
+    """The decoder's FusedStep for this audio length, built once; None where unsupported."""
+    if getattr(gpu, "_fused_off", False) or not fused_available() or not FusedStep.supported(gpu):
+        return None
+    steps = gpu.__dict__.setdefault("_fused", {})
+    if n_audio_ctx not in steps:
+        steps[n_audio_ctx] = FusedStep(gpu, n_audio_ctx)
+    return steps[n_audio_ctx]
 
 
 # ---- the encoder ------------------------------------------------------------------------------

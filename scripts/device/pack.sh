@@ -49,8 +49,9 @@ PY
 cp .cache/tests/clips/*.wav "$D/stage/clips/"
 cp .cache/tests/models/tiny.en.pt .cache/tests/models/base.pt "$D/stage/models/"
 
-# One stream, small things first, split into parts.
-(cd "$D/stage" && tar -cf - blas.tar.xz whl clips mlxcuda.tar.xz models/tiny.en.pt models/base.pt) \
+# One stream, MLX first (unpack.sh installs it as soon as the first two parts are there, enough
+# for the random-weight probes and benchmarks), split into parts.
+(cd "$D/stage" && tar -cf - mlxcuda.tar.xz blas.tar.xz whl clips models/tiny.en.pt models/base.pt) \
   | split -b "${PART_MB}m" -d -a 1 - "$D/part"
 i=1
 for f in "$D"/part[0-9]; do mkdir -p "$D/p$i" && mv "$f" "$D/p$i/part"; i=$((i + 1)); done
