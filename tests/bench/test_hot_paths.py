@@ -83,26 +83,30 @@ def test_encoder(benchmark, model, mel, fp32_features):
 
 
 def test_decoder_step(benchmark, model, mel):
-    """One token through the decoder with a warm kv_cache (the greedy loop's unit of work);
-    its logits equal recomputing the whole sequence without a cache."""
+    """One token through the decoder with a warm kv_cache (the greedy loop's unit of work, through
+    the inference the runtime picks: the C decoder on Linux CPUs); its logits equal recomputing the
+    whole sequence without a cache."""
+    from whisper_mlx.decoding import KernelInference, make_inference
+
     name, m = model
     features = m.embed_audio(mel[None])
     tokenizer = get_tokenizer(m.is_multilingual, num_languages=m.num_languages)
     result = whisper_mlx.decode(m, mel, language="en", temperature=0.0, without_timestamps=True)
     assert len(result.tokens) > PROMPT_TOKENS + 1, f"{name}: decoded only {len(result.tokens)} tokens"
     prompt = list(tokenizer.sot_sequence_including_notimestamps) + result.tokens[:PROMPT_TOKENS]
-    step = mx.array([[result.tokens[PROMPT_TOKENS]]])
-    cross_kv = m.decoder.cross_kv(features)
-    _, kv_cache = m.decoder(mx.array([prompt]), cross_kv)
-    mx.eval(cross_kv, kv_cache)
+    tokens = np.array([prompt + [result.tokens[PROMPT_TOKENS]]])
+    inference = make_inference(m, features)
+    inference.logits(tokens[:, :-1])
+    warm = inference.kv_cache
 
     def run():
-        hidden, _ = m.decoder(step, cross_kv, kv_cache)
-        logits = m.decoder.logits(hidden)
-        mx.eval(logits)
-        return logits
+        if isinstance(inference, KernelInference):
+            inference.kv_cache.offset = len(prompt)  # overwrite the same position each round
+        else:
+            inference.kv_cache = warm
+        return inference.logits(tokens)
 
-    step_logits = np.array(benchmark(run))[0, -1]
-    full = np.array(m.logits(mx.array([prompt + [result.tokens[PROMPT_TOKENS]]]), features))[0, -1]
+    step_logits = benchmark(run)[0, -1]
+    full = np.array(m.logits(mx.array(tokens), features))[0, -1]
     np.testing.assert_allclose(step_logits, full, atol=2e-3, rtol=1e-3)
     assert int(step_logits.argmax()) == int(full.argmax())
