@@ -3,7 +3,8 @@
 `load` runs before `mlx.core` is imported (backend.py calls it): the library's `cblas_sgemm`
 must come first in the global symbol namespace so one-row products reach `cblas_sgemv`.
 `attention` and `gelu_` work on evaluated MLX arrays through zero-copy NumPy views.
-Without the compiled library (not Linux, or no compiler at install) `available()` is False
+`decode_tokens` runs the decoder's whole step over a `DecoderKernel` (the parameter table) and a
+`DecoderCache` (its kv_cache). Without the compiled library (not Linux, or no compiler at install) `available()` is False
 and the model keeps MLX's own kernels.
 """
 

@@ -1,6 +1,7 @@
 """Decode one 30 s window: options, logit filters, greedy / sampling / beam search, language id.
 
-The network runs in MLX; the per-token bookkeeping (logit filters, argmax, beam bookkeeping) runs
+The network runs in MLX (on Linux CPUs the decoder step runs in the C kernel instead:
+`KernelInference`); the per-token bookkeeping (logit filters, argmax, beam bookkeeping) runs
 in NumPy on the last position's logits, which is exact in float32 and cheaper than many tiny
 device ops per token.
 """
