@@ -412,9 +412,25 @@ __device__ float block_max(float v, float* red) {
 
 // all blocks reach this point before any goes on; a wait past ~1 s (blocks not co-resident)
 // sets *fail and every later barrier passes through
+#ifndef WM_TIMING
+#define WM_TIMING 0
+#endif
+__device__ __forceinline__ unsigned wm_clock() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return (unsigned)t;
+}
+
+// WM_TIMING: each block's arrival and departure times (global timer, ns) at every barrier, after
+// the scratch's other contents (see FusedStep.phase_times)
 __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned& target, volatile int* fail) {
   __syncthreads();
   if (threadIdx.x == 0) {
+#if WM_TIMING
+    unsigned* tim = bar + WM_TIMING;
+    const unsigned bi = target / gridDim.x;
+    tim[2 * bi * gridDim.x + blockIdx.x] = wm_clock();
+#endif
     target += gridDim.x;
     __threadfence();
     atomicAdd(bar, 1u);
@@ -430,6 +446,9 @@ __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned& target, volat
       }
     }
     __threadfence();
+#if WM_TIMING
+    tim[(2 * bi + 1) * gridDim.x + blockIdx.x] = wm_clock();
+#endif
   }
   __syncthreads();
 }
@@ -772,6 +791,13 @@ __device__ void step_impl(
     st_out[3] = token >= ts_begin ? token : last_ts;
   }
 }
+
+// the kernel MLX wraps around step_impl: at most WM_NT threads per block, so the compiler keeps
+// within the registers that many threads may have (512 threads: 128 each)
+#if defined(__location__)
+#undef __global__
+#define __global__ __location__(global) __launch_bounds__(WM_NT, 1)
+#endif
 """
 
 _FUSED_INPUTS = ["tok", "pos", "state", "rules", "emb", "pemb", "ln1w", "ln1b", "wqkv", "bqkv", "wo", "bo",
@@ -792,7 +818,10 @@ def fused_source(cfg: dict) -> tuple[str, str]:
 
 def fused_scratch_size(cfg: dict) -> int:
     """float32 elements of the kernel's scratch output (barrier, activations, partial sums)."""
-    return 32 + 4 * cfg["C"] + cfg["F"] + cfg["H"] * cfg["NSPLIT"] * (cfg["D"] + 2) + cfg["NB"] * 8
+    size = 32 + 4 * cfg["C"] + cfg["F"] + cfg["H"] * cfg["NSPLIT"] * (cfg["D"] + 2) + cfg["NB"] * 8
+    if cfg.get("TIMING"):  # (arrival, departure) per block at each of the 8 L + 2 barriers
+        size = cfg["TIMING"] + 2 * (8 * cfg["L"] + 2) * cfg["NB"]
+    return size
 
 
 _sm_count: int | None = None
@@ -839,7 +868,8 @@ class FusedStep:
     every layer stacked once, the caches as (n_layer, n_head, rows, head_dim) arrays that the
     kernel updates in place."""
 
-    def __init__(self, gpu: GpuDecoder, n_audio_ctx: int, threads: int = 512, blocks_per_sm: int = 1):
+    def __init__(self, gpu: GpuDecoder, n_audio_ctx: int, threads: int = 512, blocks_per_sm: int = 1,
+                 timing: bool = False, **switches: int):
         model, dec = gpu.model, gpu.model.decoder
         dims = model.dims
         blocks = dec.blocks
@@ -855,6 +885,9 @@ class FusedStep:
         nsplit = max(1, nb // n_head)
         self.cfg = dict(L=len(blocks), C=n_state, H=n_head, D=n_state // n_head, F=mlp, CTX=dims.n_text_ctx,
                         S=n_audio_ctx, V=dims.n_vocab, NB=nb, NT=threads, NSPLIT=nsplit)
+        self.cfg.update(switches)  # extra compile-time defines (WM_<name>), for experiments
+        if timing:  # the timing area starts after the scratch proper
+            self.cfg["TIMING"] = fused_scratch_size(self.cfg)
         self.weights = [
             gpu.embedding.astype(t), dec.positional_embedding.astype(mx.float32),
             stack(lambda b: b.attn_ln.weight), stack(lambda b: b.attn_ln.bias),
@@ -898,11 +931,34 @@ class FusedStep:
     def __call__(self, token, position, state, kc, vc, ck, cv, suppress, blank, rules):
         w = self.weights
         inputs = [token, position, state, rules, *w, kc, vc, ck, cv, suppress, blank]
-        tok, lp, st, _ = self.kernel(
+        tok, lp, st, scratch = self.kernel(
             inputs=inputs, template=[("T", self.gpu.dtype)], grid=(self.cfg["NB"] * self.cfg["NT"], 1, 1),
             threadgroup=(self.cfg["NT"], 1, 1), output_shapes=[(1,), (1,), (4,), (self.scratch,)],
             output_dtypes=[mx.uint32, mx.float32, mx.int32, mx.float32], init_value=0)
+        if self.cfg.get("TIMING"):
+            self.last_scratch = scratch
         return tok, lp, st
+
+
+def phase_times(step: FusedStep) -> dict[str, float]:
+    """Microseconds per phase of the last step of a FusedStep built with timing=True, summed over
+    layers: 'work' = mean over blocks of the time from leaving one barrier to reaching the next,
+    'critical' = from the first block leaving the previous barrier to the last one reaching this
+    one, 'wake' = from that last arrival to the mean departure."""
+    cfg = step.cfg
+    nb, nbar = cfg["NB"], 8 * cfg["L"] + 2
+    raw = np.asarray(step.last_scratch).view(np.uint32)[cfg["TIMING"]:cfg["TIMING"] + 2 * nbar * nb]
+    t = raw.reshape(nbar, 2, nb).astype(np.int64)
+    t = (t - int(t[0, 0, 0])) % (1 << 32)  # ns since block 0 reached the first barrier
+    names = ["embed"] + ["qkv", "self", "out", "cross_q", "cross", "cross_out", "fc1", "fc2"] * cfg["L"] + ["logits"]
+    out: dict[str, float] = {}
+    for i in range(1, nbar):
+        arrive, depart_prev = t[i, 0], t[i - 1, 1]
+        for key, val in (("work", (arrive - depart_prev).mean()), ("critical", arrive.max() - depart_prev.min()),
+                         ("wake", t[i, 1].mean() - arrive.max())):
+            out[f"{names[i]} {key}"] = out.get(f"{names[i]} {key}", 0.0) + val / 1e3
+    out["total"] = (t[-1, 1].max() - t[0, 0].min()) / 1e3
+    return out
 
 
 class FusedStepFailed(RuntimeError):

@@ -73,12 +73,13 @@ def main(shapes):
                     print("    mlx  ", ta[:40], "\n    fused", tb[:40], flush=True)
             except Exception as e:  # noqa: BLE001
                 print(f"  {label}: FAILED {type(e).__name__}: {e}", flush=True)
-        variants = [("mlx compiled step", None), ("fused 256x1", fused)]
-        for threads, per_sm in ((256, 2), (512, 1)):
+        variants = [("mlx compiled step", None), ("fused", fused)]
+        more = [("fused, no preload", dict(PRELOAD=0))]
+        for label, opts in more:
             try:
-                variants.append((f"fused {threads}x{per_sm}", gpu.FusedStep(dec, feats.shape[1], threads, per_sm)))
+                variants.append((label, gpu.FusedStep(dec, feats.shape[1], **opts)))
             except Exception as e:  # noqa: BLE001
-                print(f"  fused {threads}x{per_sm}: FAILED {e}", flush=True)
+                print(f"  {label}: FAILED {e}", flush=True)
         for label, f in variants:
             try:
                 one = med(lambda: run(dec, feats, prompt, 1, f))
@@ -92,4 +93,4 @@ def main(shapes):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["tiny:fp32", "tiny", "large-v3-turbo", "large-v3"])
+    main(sys.argv[1:] or ["tiny:fp32", "tiny", "base", "large-v3-turbo", "large-v3"])
