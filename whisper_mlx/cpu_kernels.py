@@ -139,6 +139,11 @@ LAYER_PARAMS = (
 FLOAT16_PARAMS = frozenset(name for name in LAYER_PARAMS if name.endswith(".weight") and "ln" not in name)
 
 
+DECODER_THREADS = 8
+"""At most this many threads per decoder step: it streams memory, which a few cores saturate, and
+each extra thread adds a start and a share of every barrier to each token."""
+
+
 def _pointers(arrays: list[np.ndarray]) -> ctypes.Array:
     return (_P * len(arrays))(*(a.ctypes.data for a in arrays))
 
@@ -206,7 +211,8 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
     out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
     rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,
                                kernel.n_ctx, cache.n_audio_ctx, kernel.n_vocab, tokens.ctypes.data, batch, t,
-                               cache.offset, rows_c.ctypes.data, len(rows_c), out.ctypes.data, _THREADS)
+                               cache.offset, rows_c.ctypes.data, len(rows_c), out.ctypes.data,
+                               min(_THREADS, DECODER_THREADS))
     if rc == -2:
         raise ValueError(f"the decoder's context is {kernel.n_ctx} tokens; got {cache.offset + t}")
     if rc != 0:
