@@ -977,6 +977,41 @@ def fused_for(gpu: GpuDecoder, n_audio_ctx: int) -> FusedStep | None:
 
 # ---- the encoder ------------------------------------------------------------------------------
 
+_GELU_SOURCE = """
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    const float v = static_cast<float>(x[i]);
+    const float z = fminf(fmaxf(v * 0.7071067811865476f, -4.f), 4.f);
+    const float z2 = z * z;
+    float p = -2.72614225801306e-10f;
+    p = p * z2 + 2.77068142495902e-08f;
+    p = p * z2 + -2.10102402082508e-06f;
+    p = p * z2 + -5.69250639462346e-05f;
+    p = p * z2 + -7.34990630326855e-04f;
+    p = p * z2 + -2.95459980854025e-03f;
+    p = p * z2 + -1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * z2 + -2.13374055278905e-04f;
+    q = q * z2 + -1.68282697438203e-03f;
+    q = q * z2 + -7.37332916720468e-03f;
+    q = q * z2 + -1.42647390514189e-02f;
+    out[i] = static_cast<T>(0.5f * v * (1.f + z * p / q));
+"""
+_gelu_kernel = None
+
+
+def gelu_cuda(x: mx.array) -> mx.array:
+    """model.gelu (the same rational erf, in float32) as one plain CUDA kernel: under MLX 0.32's
+    CUDA backend the compiled model.gelu takes 0.22 ms for 1500 x 5120 float16 (PyTorch's GELU
+    0.011 ms), 7 ms of the large-v3 encoder's 15.6."""
+    global _gelu_kernel
+    if _gelu_kernel is None:
+        _gelu_kernel = mx.fast.cuda_kernel(name="whisper_mlx_gelu", input_names=["x"], output_names=["out"],
+                                           source=_GELU_SOURCE)
+    return _gelu_kernel(inputs=[x], template=[("T", x.dtype), ("N", x.size)], grid=(x.size, 1, 1),
+                        threadgroup=(256, 1, 1), output_shapes=[x.shape], output_dtypes=[x.dtype])[0]
+
+
 
 class GpuEncoder:
     """The audio encoder as one compiled graph with fused query/key/value projections: MLX fuses
@@ -989,12 +1024,13 @@ class GpuEncoder:
         self.n_head = model.dims.n_audio_head
         self.qkv = [GpuDecoder._fused_qkv(block.attn) for block in enc.blocks]
         mx.eval([w for w in self.qkv if w is not None])
+        self.gelu = gelu_cuda if fused_available() else gelu
         self._forward = mx.compile(self.forward)
 
     def forward(self, mel: mx.array) -> mx.array:
         enc = self.model.encoder
-        x = gelu(enc.conv1(mel))
-        x = gelu(enc.conv2(x))
+        x = self.gelu(enc.conv1(mel))
+        x = self.gelu(enc.conv2(x))
         x = x + enc.positional_embedding[: x.shape[1]].astype(x.dtype)
         b, t, c = x.shape
         d = c // self.n_head
@@ -1011,7 +1047,7 @@ class GpuEncoder:
                 q, k, v = attn.query(h), attn.key(h), attn.value(h)
             o = mx.fast.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=d**-0.5)
             x = x + attn.out(o.transpose(0, 2, 1, 3).reshape(b, t, c))
-            x = x + block.mlp[2](gelu(block.mlp[0](block.mlp_ln(x))))
+            x = x + block.mlp[2](self.gelu(block.mlp[0](block.mlp_ln(x))))
         return enc.ln_post(x)
 
 
