@@ -415,6 +415,12 @@ __device__ float block_max(float v, float* red) {
 #ifndef WM_TIMING
 #define WM_TIMING 0
 #endif
+#ifndef WM_VPREFETCH
+#define WM_VPREFETCH 1
+#endif
+#ifndef WM_COMBINE2
+#define WM_COMBINE2 1
+#endif
 __device__ __forceinline__ unsigned wm_clock() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -535,6 +541,14 @@ template <bool COHERENT, typename T>
 __device__ float2 attend(const T* K, const T* V, int n, const float* qs, float* sc, float* part, float* red, float* out) {
   float m = wm_neg_inf();
   for (int j = threadIdx.x; j < n; j += WM_NT) {
+#if WM_VPREFETCH
+    // the value rows the weighted sum below reads, fetched while the scores are computed
+    for (int b = 0; b < WM_D * (int)sizeof(T); b += 128) {
+      const char* row = reinterpret_cast<const char*>(V + (size_t)j * WM_D) + b;
+      if (COHERENT) asm volatile("prefetch.global.L2 [%0];" : : "l"(row));
+      else asm volatile("prefetch.global.L1 [%0];" : : "l"(row));
+    }
+#endif
     float s = 0.f;
 #pragma unroll
     for (int d = 0; d < WM_D; d += 8) {
@@ -557,6 +571,7 @@ __device__ float2 attend(const T* K, const T* V, int n, const float* qs, float* 
   constexpr int G = WM_NT / WM_D;
   const int d = threadIdx.x % WM_D, g = threadIdx.x / WM_D;
   float acc = 0.f;
+#pragma unroll 8
   for (int j = g; j < n; j += G) acc += sc[j] * (COHERENT ? ldc(V + (size_t)j * WM_D + d) : tof(V[(size_t)j * WM_D + d]));
   part[threadIdx.x] = acc;
   __syncthreads();
@@ -615,6 +630,9 @@ __device__ void step_impl(
   __shared__ float qs[D];
   __shared__ float ob[D];
   __shared__ PickStats ws[WM_NW];
+#if WM_COMBINE2
+  __shared__ float cw[3 * NPART];
+#endif
 
   T* kc = const_cast<T*>(kc_);
   T* vc = const_cast<T*>(vc_);
@@ -686,6 +704,33 @@ __device__ void step_impl(
       __syncthreads();
     }
     grid_sync(bar, target, fail);
+#if WM_COMBINE2
+    // each key block's weight exp(m_c - M) / L once per head (one round of loads), then the sums
+    for (int i = tid; i < NPART; i += WM_NT) {
+      cw[i] = __ldcg(pp + (size_t)i * (D + 2));
+      cw[NPART + i] = __ldcg(pp + (size_t)i * (D + 2) + 1);
+    }
+    __syncthreads();
+    for (int i = tid; i < NPART; i += WM_NT) {
+      const int h0 = i - i % WM_NSPLIT;
+      float m = wm_neg_inf();
+      for (int c = 0; c < WM_NSPLIT; c++) m = fmaxf(m, cw[h0 + c]);
+      float lsum = 0.f;
+      for (int c = 0; c < WM_NSPLIT; c++)
+        if (cw[h0 + c] != wm_neg_inf()) lsum += cw[NPART + h0 + c] * expf(cw[h0 + c] - m);
+      cw[2 * NPART + i] = cw[i] == wm_neg_inf() ? 0.f : expf(cw[i] - m) / lsum;
+    }
+    __syncthreads();
+    for (int e = tid; e < C; e += WM_NT) {
+      const int h = e / D, d = e % D;
+      const float* p = pp + (size_t)h * WM_NSPLIT * (D + 2) + 2 + d;
+      float acc = 0.f;
+#pragma unroll
+      for (int c = 0; c < WM_NSPLIT; c++) acc += __ldcg(p + c * (D + 2)) * cw[2 * NPART + h * WM_NSPLIT + c];
+      hs[e] = acc;
+    }
+    __syncthreads();
+#else
     for (int e = tid; e < C; e += WM_NT) {
       const int h = e / D, d = e % D;
       const float* p = pp + (size_t)h * WM_NSPLIT * (D + 2);
@@ -702,6 +747,7 @@ __device__ void step_impl(
       hs[e] = acc / lsum;
     }
     __syncthreads();
+#endif
     const T* bcol = bco + (size_t)l * C;
     rows_dot<C>(wco + (size_t)l * C * C, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(bcol[r]); });
     grid_sync(bar, target, fail);
