@@ -337,7 +337,9 @@ def _greedy(gpu: GpuDecoder, audio_features, initial, *, sot_index, sample_len, 
 # stays in float32. A barrier that waits too long (blocks not co-resident) sets a flag, the
 # kernel returns an impossible token, and the caller falls back to the compiled MLX step.
 
-_FUSED_HEADER = Path(__file__).parent / "assets" / "fused_step.cuh"  # the kernel's CUDA source
+_ASSETS = Path(__file__).parent / "assets"
+_FUSED_HEADER = _ASSETS / "fused_step.cuh"  # the kernel's CUDA source
+_GELU_HEADER = _ASSETS / "gelu.cuh"  # gelu_f, model.gelu's formula for one float
 
 _FUSED_INPUTS = ["tok", "pos", "state", "rules", "emb", "pemb", "ln1w", "ln1b", "wqkv", "bqkv", "wo", "bo",
                  "ln2w", "ln2b", "wcq", "bcq", "wco", "bco", "ln3w", "ln3b", "w1", "b1", "w2", "b2", "lnfw",
@@ -352,7 +354,7 @@ def fused_source(cfg: dict) -> tuple[str, str]:
     consts = "".join(f"#define WM_{k} {v}\n" for k, v in cfg.items())
     consts += f"#define WM_NW {cfg['NT'] // 32}\n"
     body = f"step_impl<T>({', '.join(_FUSED_INPUTS + _FUSED_OUTPUTS)});\n"
-    return consts + _FUSED_HEADER.read_text(), body
+    return consts + _GELU_HEADER.read_text() + _FUSED_HEADER.read_text(), body
 
 
 def fused_scratch_size(cfg: dict) -> int:
@@ -518,23 +520,7 @@ def fused_for(gpu: GpuDecoder, n_audio_ctx: int) -> FusedStep | None:
 
 _GELU_SOURCE = """
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= N) return;
-    const float v = static_cast<float>(x[i]);
-    const float z = fminf(fmaxf(v * 0.7071067811865476f, -4.f), 4.f);
-    const float z2 = z * z;
-    float p = -2.72614225801306e-10f;
-    p = p * z2 + 2.77068142495902e-08f;
-    p = p * z2 + -2.10102402082508e-06f;
-    p = p * z2 + -5.69250639462346e-05f;
-    p = p * z2 + -7.34990630326855e-04f;
-    p = p * z2 + -2.95459980854025e-03f;
-    p = p * z2 + -1.60960333262415e-02f;
-    float q = -1.45660718464996e-05f;
-    q = q * z2 + -2.13374055278905e-04f;
-    q = q * z2 + -1.68282697438203e-03f;
-    q = q * z2 + -7.37332916720468e-03f;
-    q = q * z2 + -1.42647390514189e-02f;
-    out[i] = static_cast<T>(0.5f * v * (1.f + z * p / q));
+    if (i < N) out[i] = static_cast<T>(gelu_f(static_cast<float>(x[i])));
 """
 _gelu_kernel = None
 
@@ -546,7 +532,7 @@ def gelu_cuda(x: mx.array) -> mx.array:
     global _gelu_kernel
     if _gelu_kernel is None:
         _gelu_kernel = mx.fast.cuda_kernel(name="whisper_mlx_gelu", input_names=["x"], output_names=["out"],
-                                           source=_GELU_SOURCE)
+                                           source=_GELU_SOURCE, header=_GELU_HEADER.read_text())
     return _gelu_kernel(inputs=[x], template=[("T", x.dtype), ("N", x.size)], grid=(x.size, 1, 1),
                         threadgroup=(256, 1, 1), output_shapes=[x.shape], output_dtypes=[x.dtype])[0]
 
