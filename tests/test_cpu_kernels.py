@@ -200,6 +200,9 @@ def test_decoder_kernel_stops_at_the_context_length():
     cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
     with pytest.raises(ValueError, match="context is 40 tokens; got 41"):
         cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
+    for bad in (700, -1):  # the embedding has 700 rows: no read outside it
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 700\)"):
+            cpu_kernels.decode_tokens(dec.kernel, cache, np.array([[bad]]), [-1])
 
 
 @pytest.mark.parametrize("inexact", [None, "token_embedding.weight", "blocks.1.mlp.0.weight"])

@@ -207,6 +207,8 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
     the logits (batch, len(rows), n_vocab) float32 at the given rows of the t new tokens."""
     tokens = np.ascontiguousarray(tokens, np.int32)
     batch, t = tokens.shape
+    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < kernel.n_vocab:
+        raise ValueError(f"token ids must be in [0, {kernel.n_vocab}); got {tokens.min()}..{tokens.max()}")
     rows_c = np.array([r % t for r in rows], np.int32)
     out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
     rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,

@@ -102,9 +102,9 @@ class Inference:
 
 
 class KernelInference(Inference):
-    """Inference through the C decoder step (CPU, float32 weights, kernels built): one call runs
-    every layer for the new tokens, instead of a graph of ~300 MLX operations whose per-operation
-    cost on the CPU outweighs the arithmetic of a one-token step."""
+    """Inference through the C decoder step (CPU, kernels built, float16-exact weight matrices):
+    one call runs every layer for the new tokens, instead of a graph of ~300 MLX operations whose
+    per-operation cost on the CPU outweighs the arithmetic of a one-token step."""
 
     def __init__(self, model: Whisper, audio_features: mx.array):
         self.model = model
@@ -123,7 +123,7 @@ class KernelInference(Inference):
 
 
 def make_inference(model: Whisper, audio_features: mx.array) -> Inference:
-    """The C decoder step where the model has one (CPU, float32), else the MLX graph."""
+    """The C decoder step where the model has one (`TextDecoder.prepare_cpu`), else the MLX graph."""
     if model.decoder.kernel is not None and backend.on_cpu():
         return KernelInference(model, audio_features)
     return Inference(model, audio_features)
