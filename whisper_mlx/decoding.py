@@ -426,12 +426,13 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
 
     tokens = np.repeat(tokens, n_group, axis=0)
     grouped = mx.repeat(audio_features, n_group, axis=0) if n_group > 1 else audio_features
-    inference = None if _fast_greedy(options, n_audio * n_group) else make_inference(model, grouped)
+    fast = _fast_greedy(options, n_audio * n_group)
+    inference = None if fast else make_inference(model, grouped)
     beam = BeamSearch(options.beam_size, tokenizer.eot, inference, options.patience) if options.beam_size else None
     sum_logprobs = np.zeros(tokens.shape[0], dtype=np.float64)
     no_speech_probs = [np.nan] * tokens.shape[0]
 
-    if _fast_greedy(options, n_audio * n_group):
+    if fast:
         tokens, total, no_speech = gpu.greedy(
             model, audio_features, tuple(tokens[0].tolist()), sot_index=sot_index, sample_len=sample_len, eot=tokenizer.eot,
             no_speech=tokenizer.no_speech,

@@ -146,19 +146,11 @@ class GpuDecoder:
         bias = mx.concatenate([attn.query.bias, mx.zeros_like(attn.query.bias), attn.value.bias])
         return weight, bias
 
-    def _heads(self, x: mx.array) -> mx.array:
-        b, t, _ = x.shape
-        return x.reshape(b, t, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
-
-    def _merge(self, x: mx.array) -> mx.array:
-        b, _, t, _ = x.shape
-        return x.transpose(0, 2, 1, 3).reshape(b, t, -1)
-
     def cross_kv(self, audio_features: mx.array) -> list[tuple[mx.array, mx.array]]:
         """Cross-attention keys and values (B, H, S, D) of every layer, once per window."""
         xa = audio_features.astype(self.dtype)
         return [
-            (mx.contiguous(self._heads(b.cross_attn.key(xa))), mx.contiguous(self._heads(b.cross_attn.value(xa))))
+            (mx.contiguous(b.cross_attn.heads(b.cross_attn.key(xa))), mx.contiguous(b.cross_attn.heads(b.cross_attn.value(xa))))
             for b in self.model.decoder.blocks
         ]
 
@@ -182,14 +174,14 @@ class GpuDecoder:
                 q, k, v = mx.split(h @ qkv[0].T + qkv[1], 3, axis=-1)
             else:
                 q, k, v = _linear(attn.query, h), _linear(attn.key, h), _linear(attn.value, h)
-            kc = mx.slice_update(kc, self._heads(k), offset, axes=(2,))
-            vc = mx.slice_update(vc, self._heads(v), offset, axes=(2,))
-            o = mx.fast.scaled_dot_product_attention(self._heads(q), kc, vc, scale=scale, mask=mask)
-            x = x + _linear(attn.out, self._merge(o))
+            kc = mx.slice_update(kc, attn.heads(k), offset, axes=(2,))
+            vc = mx.slice_update(vc, attn.heads(v), offset, axes=(2,))
+            o = mx.fast.scaled_dot_product_attention(attn.heads(q), kc, vc, scale=scale, mask=mask)
+            x = x + _linear(attn.out, attn.merge(o))
             cross_attn = block.cross_attn
-            q = self._heads(_linear(cross_attn.query, block.cross_attn_ln(x)))
+            q = cross_attn.heads(_linear(cross_attn.query, block.cross_attn_ln(x)))
             o = mx.fast.scaled_dot_product_attention(q, ck, cv, scale=scale)
-            x = x + _linear(cross_attn.out, self._merge(o))
+            x = x + _linear(cross_attn.out, cross_attn.merge(o))
             x = x + _linear(block.mlp[2], gelu(_linear(block.mlp[0], block.mlp_ln(x))))
             new_cache.append((kc, vc))
         return x, new_cache
@@ -557,12 +549,7 @@ class GpuEncoder:
         x = self.gelu(enc.conv1(mel))
         x = self.gelu(enc.conv2(x))
         x = x + enc.positional_embedding[: x.shape[1]].astype(x.dtype)
-        b, t, c = x.shape
-        d = c // self.n_head
-
-        def heads(y):
-            return y.reshape(b, t, self.n_head, d).transpose(0, 2, 1, 3)
-
+        d = x.shape[-1] // self.n_head
         for block, qkv in zip(enc.blocks, self.qkv):
             attn = block.attn
             h = block.attn_ln(x)
@@ -570,8 +557,8 @@ class GpuEncoder:
                 q, k, v = mx.split(mx.addmm(qkv[1], h, qkv[0].T), 3, axis=-1)
             else:
                 q, k, v = attn.query(h), attn.key(h), attn.value(h)
-            o = mx.fast.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=d**-0.5)
-            x = x + attn.out(o.transpose(0, 2, 1, 3).reshape(b, t, c))
+            o = mx.fast.scaled_dot_product_attention(attn.heads(q), attn.heads(k), attn.heads(v), scale=d**-0.5)
+            x = x + attn.out(attn.merge(o))
             x = x + block.mlp[2](self.gelu(block.mlp[0](block.mlp_ln(x))))
         return enc.ln_post(x)
 
