@@ -14,6 +14,11 @@
  *    the logits, and the decoder's weight matrices.
  * 5. The whole decoder step (wm_decode_tokens): through MLX's graph a token costs ~300
  *    operations at 10-15 us each on the CPU, more than its arithmetic.
+ * 6. The encoder's blocks (wm_encode) and each window's cross-attention keys/values
+ *    (wm_cross_kv): products straight into their final layout, biases and norms in one pass,
+ *    no per-layer transposes or temporaries.
+ * 7. The greedy pick with openai-whisper's logit filters (wm_pick_greedy): one pass over the
+ *    vocabulary per token instead of NumPy's several.
  *
  * Plain C, no Python API: whisper_mlx/cpu_kernels.py loads it with ctypes. Functions marked
  * WM_SIMD are compiled for AVX2+FMA and for the baseline, chosen at load time.
@@ -123,7 +128,9 @@ WM_SIMD static void exp2_rows(float *w, int rows, int cols, int ld, float *sums)
     }
 }
 
-#define WM_ROWS 128 /* query rows per work item: 128 x 1500 scores stay in L2 */
+#ifndef WM_ROWS
+#define WM_ROWS 128
+#endif /* query rows per work item: 128 x 1500 scores stay in L2 */
 
 typedef struct {
     const float *q, *k, *v;
@@ -358,6 +365,7 @@ typedef struct {
     const float *const *params;
     float *const *caches;
     int n_layer, c, n_head, d, n_ctx, s_a, n_vocab, batch, t, offset, end, n, n_rows, n_threads;
+    int cross_ld; /* row stride of the cross-attention keys/values (wm_cross_kv's layout) */
     float alpha;
     const int32_t *tokens, *rows;
     float *x, *q, *o, *mlp, *logits;
@@ -509,9 +517,9 @@ static void step_thread(step_job *job, int k) {
         barrier(job, &sense);
         for (int item = k; item < h_items; item += nt) {
             int b = item / job->n_head, hd = item % job->n_head;
-            size_t row = (size_t)b * t * c + hd * d, head = (size_t)item * d * s_a;
-            head_attention(job->q + row, c, cache[C_CROSS_K] + head, 0, 1, cache[C_CROSS_V] + head, d,
-                           job->o + row, c, t, s_a, d, job->alpha, -1, w, sums);
+            size_t row = (size_t)b * t * c + hd * d, at = (size_t)b * s_a * job->cross_ld + hd * d;
+            head_attention(job->q + row, c, cache[C_CROSS_K] + at, job->cross_ld, 0, cache[C_CROSS_V] + at,
+                           job->cross_ld, job->o + row, c, t, s_a, d, job->alpha, -1, w, sums);
         }
         barrier(job, &sense);
         linear_cols(job->o, n, c, W(L_COUT_W), p[L_COUT_B], c, job->x, 1, j0, j1, tmp);
@@ -549,14 +557,14 @@ static void *step_worker(void *arg) {
  * the attention by heads, meeting at a barrier between dependent phases; the BLAS runs on one
  * thread meanwhile. Returns 0, -1 out of memory, -2 past n_ctx. */
 int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
-                     int n_ctx, int n_audio_ctx, int n_vocab, const int32_t *tokens, int batch, int t, int offset,
-                     const int32_t *rows, int n_rows, float *logits, int n_threads) {
+                     int n_ctx, int n_audio_ctx, int cross_ld, int n_vocab, const int32_t *tokens, int batch, int t,
+                     int offset, const int32_t *rows, int n_rows, float *logits, int n_threads) {
     if (offset + t > n_ctx) return -2;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 64) n_threads = 64;
     int n = batch * t, end = offset + t, s_max = n_audio_ctx > end ? n_audio_ctx : end, c = n_state;
     step_job job = {.params = params, .caches = caches, .n_layer = n_layer, .c = c, .n_head = n_head,
-                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .n_vocab = n_vocab, .batch = batch,
+                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .cross_ld = cross_ld, .n_vocab = n_vocab, .batch = batch,
                     .t = t, .offset = offset, .end = end, .n = n, .n_rows = n_rows, .n_threads = n_threads,
                     .alpha = 1.4426950408889634f / sqrtf((float)(c / n_head)), .tokens = tokens, .rows = rows,
                     .logits = logits, .hrows = n > batch * n_rows ? n : batch * n_rows};
@@ -587,4 +595,181 @@ int wm_decode_tokens(const float *const *params, float *const *caches, int n_lay
     if (blas_threads > 1) blas_set_threads(blas_threads);
     free(buf);
     return 0;
+}
+
+/* ---- the encoder's transformer blocks --------------------------------------------------- */
+
+/* An encoder layer's parameters, in the order of whisper_mlx.cpu_kernels.ENCODER_PARAMS. */
+enum { E_LN1_W, E_LN1_B, E_Q_W, E_Q_B, E_K_W, E_V_W, E_V_B, E_O_W, E_O_B, E_LN2_W, E_LN2_B, E_FC1_W, E_FC1_B,
+       E_FC2_W, E_FC2_B, E_PARAMS };
+
+typedef struct {
+    float *y;
+    const float *b;
+    int rows, cols, n_threads;
+} bias_gelu_job;
+
+static void bias_gelu_rows(float *y, const float *b, int cols, int r0, int r1) {
+    for (int r = r0; r < r1; r++) {
+        float *row = y + (size_t)r * cols;
+        for (int j = 0; j < cols; j++) row[j] += b[j];
+        wm_gelu(row, cols);
+    }
+}
+
+static void *bias_gelu_worker(void *arg) {
+    bias_gelu_job *job = ((bias_gelu_job **)arg)[0];
+    int k = (int)(intptr_t)((void **)arg)[1], r0 = (int)((long)job->rows * k / job->n_threads),
+        r1 = (int)((long)job->rows * (k + 1) / job->n_threads);
+    bias_gelu_rows(job->y, job->b, job->cols, r0, r1);
+    return NULL;
+}
+
+/* y (rows x cols) <- GELU(y + b), rows split over n_threads threads. */
+static void bias_gelu(float *y, const float *b, int rows, int cols, int n_threads) {
+    bias_gelu_job job = {y, b, rows, cols, n_threads};
+    pthread_t threads[64];
+    void *args[64][2];
+    int started = 0;
+    for (int i = 1; i < n_threads; i++) {
+        args[i][0] = &job, args[i][1] = (void *)(intptr_t)i;
+        if (pthread_create(&threads[started], NULL, bias_gelu_worker, args[i]) != 0) break;
+        started++;
+    }
+    int r_main = (int)((long)rows / n_threads); /* thread 0's share: rows [0, rows / n_threads) */
+    bias_gelu_rows(y, b, cols, 0, r_main);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    if (started < n_threads - 1) /* a thread could not start: its rows, here */
+        for (int i = started + 1; i < n_threads; i++)
+            bias_gelu_rows(y, b, cols, (int)((long)rows * i / n_threads), (int)((long)rows * (i + 1) / n_threads));
+}
+
+/* y (n x out, row stride ldy) = x (n x in) W^T + b, W (out x in) float32: the bias written
+ * first (zeros without one), so the product accumulates onto it. */
+static void linear_f32(const float *x, int n, int in, const float *w, const float *b, int out, float *y, int ldy) {
+    for (int r = 0; r < n; r++) {
+        float *row = y + (size_t)r * ldy;
+        for (int j = 0; j < out; j++) row[j] = b ? b[j] : 0.0f;
+    }
+    cblas_sgemm(RowMajor, NoTrans, Trans, n, out, in, 1.0f, x, in, w, in, 1.0f, y, ldy);
+}
+
+static void add_rows(float *x, int rows, int cols, const float *b) {
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) x[(size_t)r * cols + j] += b[j];
+}
+
+/* The encoder's n_layer blocks in place on x (t x c), then its final norm into out:
+ * x += out(attention(LN1 x)); x += fc2(GELU(fc1(LN2 x))). Products go to the BLAS (its own
+ * threads), attention to wm_attention, everything else is one pass over rows; one scratch for
+ * all layers. params: E_PARAMS per layer, then ln_post's weight and bias. Returns 0 or -1. */
+int wm_encode(float *x, int t, int c, int n_head, int n_mlp, int n_layer, const float *const *params, float *out,
+              int n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 64) n_threads = 64;
+    int c3 = 3 * c, big = n_mlp > c3 ? n_mlp : c3;
+    float *h = malloc(sizeof(float) * (size_t)t * (c + big));
+    if (!h) return -1;
+    float *wide = h + (size_t)t * c; /* q|k|v rows (t x 3c), later the MLP's (t x n_mlp) */
+    float scale = 1.0f / sqrtf((float)(c / n_head));
+    for (int l = 0; l < n_layer; l++) {
+        const float *const *p = params + (size_t)l * E_PARAMS;
+        layer_norm(x, t, c, p[E_LN1_W], p[E_LN1_B], h);
+        linear_f32(h, t, c, p[E_Q_W], p[E_Q_B], c, wide, c3);
+        linear_f32(h, t, c, p[E_K_W], NULL, c, wide + c, c3);
+        linear_f32(h, t, c, p[E_V_W], p[E_V_B], c, wide + 2 * c, c3);
+        if (wm_attention(wide, c3, wide + c, c3, wide + 2 * c, c3, h, c, t, t, n_head, c / n_head, scale,
+                         n_threads) != 0) {
+            free(h);
+            return -1;
+        }
+        cblas_sgemm(RowMajor, NoTrans, Trans, t, c, c, 1.0f, h, c, p[E_O_W], c, 1.0f, x, c);
+        add_rows(x, t, c, p[E_O_B]);
+        layer_norm(x, t, c, p[E_LN2_W], p[E_LN2_B], h);
+        cblas_sgemm(RowMajor, NoTrans, Trans, t, n_mlp, c, 1.0f, h, c, p[E_FC1_W], c, 0.0f, wide, n_mlp);
+        bias_gelu(wide, p[E_FC1_B], t, n_mlp, n_threads);
+        cblas_sgemm(RowMajor, NoTrans, Trans, t, c, n_mlp, 1.0f, wide, n_mlp, p[E_FC2_W], n_mlp, 1.0f, x, c);
+        add_rows(x, t, c, p[E_FC2_B]);
+    }
+    const float *const *post = params + (size_t)n_layer * E_PARAMS;
+    layer_norm(x, t, c, post[0], post[1], out);
+    free(h);
+    return 0;
+}
+
+/* ---- cross-attention keys/values, and the greedy pick ----------------------------------- */
+
+/* Every decoder layer's cross-attention keys and values for one window's audio features
+ * xa (s x c), computed once per window: row r of out is [K_0 | V_0 | K_1 | V_1 | ...]
+ * (s x 2 n_layer c), the layout wm_decode_tokens reads with cross_ld = 2 n_layer c. params per
+ * layer: key weight, value weight, value bias (float32; keys have no bias). */
+void wm_cross_kv(const float *xa, int s, int c, int n_layer, const float *const *params, float *out) {
+    int ld = 2 * n_layer * c;
+    for (int l = 0; l < n_layer; l++) {
+        const float *const *p = params + 3 * (size_t)l;
+        linear_f32(xa, s, c, p[0], NULL, c, out + (size_t)2 * l * c, ld);
+        linear_f32(xa, s, c, p[1], p[2], c, out + (size_t)(2 * l + 1) * c, ld);
+    }
+}
+
+#define WM_FORBID (-1e30f) /* a forbidden token's logit (finite: built with -ffast-math) */
+
+static void forbid(float *x, int lo, int hi) {
+    for (int j = lo; j < hi; j++) x[j] = WM_FORBID;
+}
+
+/* log(sum(exp(x))) over x[lo, hi), summed in double: a float running sum would drop the many tiny
+ * terms behind a near-1 one (NumPy's pairwise sum keeps them). */
+WM_SIMD static float log_sum_exp(const float *x, int lo, int hi) {
+    float m = WM_FORBID;
+    for (int j = lo; j < hi; j++) m = x[j] > m ? x[j] : m;
+    double sum = 0.0;
+    for (int j = lo; j < hi; j++) sum += exp2_neg((x[j] - m) * 1.4426950408889634f);
+    return m + (float)log(sum);
+}
+
+WM_SIMD static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int j = 1; j < n; j++)
+        if (x[j] > x[best]) best = j;
+    return best;
+}
+
+/* One greedy pick over a row of logits x (n_vocab, edited in place) with openai-whisper's logit
+ * filters, as decoding.py applies them in NumPy and gpu.select_token on a GPU.
+ * state: tokens sampled so far, the last, the one before it, the last timestamp (-1: none);
+ * suppress: n_vocab flags (1: never); blank: n_blank ids forbidden at the first position;
+ * rules: timestamps on, timestamp_begin, eot, no_timestamps, max initial timestamp index (-1:
+ * none). Returns the token; *logprob is its log probability after the filters. */
+int wm_pick_greedy(float *x, int n_vocab, const int32_t *state, const uint8_t *suppress, const int32_t *blank,
+                   int n_blank, const int32_t *rules, float *logprob) {
+    int n = state[0], last = state[1], penult = state[2], last_ts = state[3], first = n == 0;
+    for (int j = 0; j < n_vocab; j++) x[j] = suppress[j] ? WM_FORBID : x[j];
+    if (first)
+        for (int i = 0; i < n_blank; i++) x[blank[i]] = WM_FORBID;
+    if (rules[0]) {
+        int ts_begin = rules[1], eot = rules[2], no_ts = rules[3], max_ts = rules[4];
+        x[no_ts] = WM_FORBID;
+        int last_was_ts = n >= 1 && last >= ts_begin, penult_was_ts = n < 2 || penult >= ts_begin;
+        if (last_was_ts) {
+            if (penult_was_ts)
+                forbid(x, ts_begin, n_vocab);
+            else
+                forbid(x, 0, eot);
+        }
+        if (last_ts >= 0) { /* timestamps do not decrease */
+            int bound = last_was_ts && !penult_was_ts ? last_ts : last_ts + 1;
+            forbid(x, ts_begin, bound < n_vocab ? bound : n_vocab);
+        }
+        if (first) {
+            forbid(x, 0, ts_begin);
+            if (max_ts >= 0 && ts_begin + max_ts + 1 < n_vocab) forbid(x, ts_begin + max_ts + 1, n_vocab);
+        }
+        /* a timestamp when the timestamps' total probability beats every single text token */
+        float text_best = x[argmax(x, ts_begin)];
+        if (log_sum_exp(x, ts_begin, n_vocab) > text_best) forbid(x, 0, ts_begin);
+    }
+    int token = argmax(x, n_vocab);
+    *logprob = x[token] - log_sum_exp(x, 0, n_vocab);
+    return token;
 }

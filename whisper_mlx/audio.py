@@ -266,6 +266,8 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
 
 def _padded(signal: "_ArraySignal | _StreamSignal", lo: int, hi: int) -> np.ndarray:
     """Samples [lo, hi) of the reflect-padded signal, read from the samples they mirror."""
+    if lo >= N_FFT // 2 and hi - N_FFT // 2 <= signal.n:  # no padding inside: a plain slice
+        return signal.samples(lo - N_FFT // 2, hi - N_FFT // 2)
     idx = _reflect(np.arange(lo, hi), signal.n)
     base = int(idx.min())
     return signal.samples(base, int(idx.max()) + 1)[idx - base]

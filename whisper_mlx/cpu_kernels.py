@@ -52,7 +52,10 @@ def load(blas_path: str) -> bool:
     lib.wm_gelu.argtypes = [_P, ctypes.c_long]
     lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
-    lib.wm_decode_tokens.argtypes = [_P, _P] + [ctypes.c_int] * 6 + [_P] + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int]
+    lib.wm_encode.argtypes = [_P] + [ctypes.c_int] * 5 + [_P, _P, ctypes.c_int]
+    lib.wm_decode_tokens.argtypes = [_P, _P] + [ctypes.c_int] * 7 + [_P] + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int]
+    lib.wm_cross_kv.argtypes = [_P] + [ctypes.c_int] * 3 + [_P, _P]
+    lib.wm_pick_greedy.argtypes = [_P, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, _P]
     global _THREADS
     _LIB, _THREADS = lib, threads()
     return True
@@ -107,6 +110,55 @@ def attention(q, k, v, n_head: int):
     return mx.array(out)
 
 
+# An encoder layer's parameters in the order wm_encode reads them: the decoder's, less cross-attention.
+ENCODER_PARAMS = tuple(name for name in (
+    "attn_ln.weight", "attn_ln.bias", "attn.query.weight", "attn.query.bias", "attn.key.weight",
+    "attn.value.weight", "attn.value.bias", "attn.out.weight", "attn.out.bias",
+    "mlp_ln.weight", "mlp_ln.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
+))
+
+
+@dataclass(frozen=True)
+class EncoderKernel:
+    """An audio encoder's float32 transformer blocks and final norm as wm_encode's pointer table."""
+
+    views: tuple  # NumPy views of the parameters, kept alive with the table
+    table: ctypes.Array
+    n_layer: int
+    n_state: int
+    n_head: int
+    n_mlp: int
+
+
+def encoder_kernel(blocks: list, n_head: int, ln_post) -> EncoderKernel:
+    """The C encoder's view of float32 encoder blocks and ln_post (evaluated, no copies)."""
+    from mlx.utils import tree_flatten
+
+    arrays = []
+    for block in blocks:
+        params = dict(tree_flatten(block.parameters()))
+        arrays.extend(params[name] for name in ENCODER_PARAMS)
+    _, views = _evaluated(*arrays, ln_post.weight, ln_post.bias)
+    n_mlp, n_state = views[ENCODER_PARAMS.index("mlp.0.weight")].shape
+    return EncoderKernel(tuple(views), _pointers(views), len(blocks), n_state, n_head, n_mlp)
+
+
+def encode(kernel: EncoderKernel, x):
+    """The encoder's blocks and final norm over x (B, T, n_state) float32, the convolutions' output
+    with positions added: one C call per sequence instead of ~20 MLX operations per layer."""
+    import mlx.core as mx
+
+    _, (xn,) = _evaluated(x)
+    xn = xn.copy()  # the blocks update it in place
+    out = np.empty_like(xn)
+    b, t, c = xn.shape
+    for i in range(b):
+        if _LIB.wm_encode(xn[i].ctypes.data, t, c, kernel.n_head, kernel.n_mlp, kernel.n_layer, kernel.table,
+                          out[i].ctypes.data, _THREADS) != 0:
+            raise MemoryError("whisper_mlx encoder kernel: out of memory")
+    return mx.array(out)
+
+
 def gelu_(x):
     """GELU in place on a freshly computed float32 MLX array (the caller's only reference)."""
     (x,), (view,) = _evaluated(x)
@@ -155,6 +207,7 @@ class DecoderKernel:
 
     views: tuple  # NumPy views of the parameters, kept alive with the table
     table: ctypes.Array
+    cross_table: ctypes.Array  # per layer: cross-attention key weight, value weight, value bias
     n_layer: int
     n_state: int
     n_head: int
@@ -176,22 +229,33 @@ def decoder_kernel(blocks: list, n_head: int, positional_embedding, ln, embeddin
     _, views = _evaluated(*arrays, dtypes=dtypes + [np.float32] * 3)
     views.append(embedding16)
     n_ctx, n_state = views[-4].shape
-    return DecoderKernel(tuple(views), _pointers(views), len(blocks), n_state, n_head, n_ctx, embedding16.shape[0])
+    cross = [w for block in blocks for w in (block.cross_attn.key.weight, block.cross_attn.value.weight,
+                                             block.cross_attn.value.bias)]
+    _, cross_views = _evaluated(*cross)
+    return DecoderKernel(tuple(views + cross_views), _pointers(views), _pointers(cross_views), len(blocks),
+                         n_state, n_head, n_ctx, embedding16.shape[0])
 
 
 class DecoderCache:
     """The kv_cache of `decode_tokens`: self-attention keys/values (n_layer, batch, n_ctx,
-    n_state), written in place (pages are touched only as positions fill), and each layer's
-    cross-attention keys (batch, n_head, d, S) / values (batch, n_head, S, d) from MLX."""
+    n_state), written in place (pages are touched only as positions fill), and every layer's
+    cross-attention keys/values for the window, (batch, n_audio_ctx, 2 n_layer n_state) from one
+    C call (`wm_cross_kv`), in the layout the step reads (no per-layer head transposes)."""
 
-    def __init__(self, kernel: DecoderKernel, cross_kv: list, batch: int):
+    def __init__(self, kernel: DecoderKernel, audio_features, batch: int):
         shape = (kernel.n_layer, batch, kernel.n_ctx, kernel.n_state)
         self.self_k, self.self_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
-        self.cross, views = _evaluated(*(a for kv in cross_kv for a in kv))
-        self.n_audio_ctx = views[0].shape[-1]
+        _, (xa,) = _evaluated(audio_features)
+        b, self.n_audio_ctx, c = xa.shape
+        assert b == batch and c == kernel.n_state, (xa.shape, batch, kernel.n_state)
+        self.cross = np.empty((batch, self.n_audio_ctx, 2 * kernel.n_layer * c), np.float32)
+        for i in range(batch):
+            _LIB.wm_cross_kv(xa[i].ctypes.data, self.n_audio_ctx, c, kernel.n_layer, kernel.cross_table,
+                             self.cross[i].ctypes.data)
+        k_at = [self.cross[0, 0, 2 * layer * c:] for layer in range(kernel.n_layer)]
+        v_at = [self.cross[0, 0, (2 * layer + 1) * c:] for layer in range(kernel.n_layer)]
         self.table = _pointers(
-            [a for layer in range(kernel.n_layer)
-             for a in (self.self_k[layer], self.self_v[layer], views[2 * layer], views[2 * layer + 1])]
+            [a for layer in range(kernel.n_layer) for a in (self.self_k[layer], self.self_v[layer], k_at[layer], v_at[layer])]
         )
         self.offset = 0
 
@@ -212,7 +276,7 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
     rows_c = np.array([r % t for r in rows], np.int32)
     out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
     rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,
-                               kernel.n_ctx, cache.n_audio_ctx, kernel.n_vocab, tokens.ctypes.data, batch, t,
+                               kernel.n_ctx, cache.n_audio_ctx, cache.cross.shape[-1], kernel.n_vocab, tokens.ctypes.data, batch, t,
                                cache.offset, rows_c.ctypes.data, len(rows_c), out.ctypes.data,
                                min(_THREADS, DECODER_THREADS))
     if rc == -2:
@@ -221,3 +285,30 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
         raise MemoryError("whisper_mlx decoder kernel: out of memory")
     cache.offset += t
     return out
+
+
+class GreedyPicker:
+    """openai-whisper's logit filters and the greedy pick for one sequence, in one C pass over the
+    logits (`wm_pick_greedy`) instead of NumPy's several full-vocabulary passes per token.
+    timestamp_rules: (timestamp_begin, eot, no_timestamps, max initial timestamp index or -1),
+    or None when timestamps are off."""
+
+    def __init__(self, n_vocab: int, suppress_ids, blank_ids, timestamp_rules: tuple[int, int, int, int] | None):
+        self.suppress = np.zeros(n_vocab, np.uint8)
+        self.suppress[list(suppress_ids)] = 1
+        self.blank = np.array(list(blank_ids) or [0], np.int32)
+        self.n_blank = len(blank_ids)
+        self.rules = np.array([timestamp_rules is not None, *(timestamp_rules or (n_vocab, n_vocab, n_vocab, -1))],
+                              np.int32)
+        self.state = np.array([0, -1, -1, -1], np.int32)  # sampled so far, last, penultimate, last timestamp
+        self._logprob = np.zeros(1, np.float32)
+
+    def __call__(self, logits: np.ndarray) -> tuple[int, float]:
+        """The next token and its log probability; logits (n_vocab,) float32 are edited in place."""
+        assert logits.dtype == np.float32 and logits.flags.c_contiguous and logits.shape == self.suppress.shape
+        token = _LIB.wm_pick_greedy(logits.ctypes.data, logits.shape[0], self.state.ctypes.data,
+                                    self.suppress.ctypes.data, self.blank.ctypes.data, self.n_blank,
+                                    self.rules.ctypes.data, self._logprob.ctypes.data)
+        n, last, _, last_ts = self.state
+        self.state[:] = (n + 1, token, last, token if token >= self.rules[1] else last_ts)
+        return int(token), float(self._logprob[0])

@@ -108,9 +108,7 @@ class KernelInference(Inference):
 
     def __init__(self, model: Whisper, audio_features: mx.array):
         self.model = model
-        self.kv_cache = cpu_kernels.DecoderCache(
-            model.decoder.kernel, model.decoder.cross_kv(audio_features), audio_features.shape[0]
-        )
+        self.kv_cache = cpu_kernels.DecoderCache(model.decoder.kernel, audio_features, audio_features.shape[0])
 
     def logits(self, tokens: np.ndarray, rows: Sequence[int] = (-1,)) -> np.ndarray:
         new = tokens if self.kv_cache.offset == 0 else tokens[:, -1:]
@@ -330,6 +328,25 @@ def detect_language(model: Whisper, mel: mx.array, tokenizer: Tokenizer | None =
     return language_tokens, language_probs
 
 
+def _picked_greedy(inference: KernelInference, picker, tokens: np.ndarray, sot_index: int, sample_len: int,
+                   n_ctx: int, eot: int, no_speech: int) -> tuple[np.ndarray, float, float]:
+    """Greedy decoding of one sequence through the C step and C pick: the NumPy loop's tokens,
+    sum of log probabilities and no-speech probability, without its per-token NumPy passes."""
+    both = inference.logits(tokens, rows=(sot_index, -1))
+    no_speech_prob = float(np.exp(log_softmax(both[0, 0]))[no_speech])
+    logits = both[0, -1].copy()
+    sampled, total = [], 0.0
+    for i in range(sample_len):
+        token, logprob = picker(logits)
+        sampled.append(token)
+        total += logprob
+        if token == eot or tokens.shape[1] + len(sampled) > n_ctx or i + 1 == sample_len:
+            break
+        logits = cpu_kernels.decode_tokens(inference.model.decoder.kernel, inference.kv_cache,
+                                           np.array([[token]], np.int32), [0])[0, 0]
+    return np.concatenate([tokens, np.array([sampled])], axis=1), total, no_speech_prob
+
+
 def _verify(options: DecodingOptions) -> None:
     if options.beam_size is not None and options.best_of is not None:
         raise ValueError("beam_size and best_of can't be given together")
@@ -432,16 +449,23 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
     sum_logprobs = np.zeros(tokens.shape[0], dtype=np.float64)
     no_speech_probs = [np.nan] * tokens.shape[0]
 
+    suppress_ids = _suppressed(tokenizer, options.suppress_tokens) if options.suppress_tokens else ()
+    blank_ids = tuple(tokenizer.encode(" ") + [tokenizer.eot]) if options.suppress_blank else ()
     if fast:
         tokens, total, no_speech = gpu.greedy(
             model, audio_features, tuple(tokens[0].tolist()), sot_index=sot_index, sample_len=sample_len, eot=tokenizer.eot,
-            no_speech=tokenizer.no_speech,
-            suppress_ids=_suppressed(tokenizer, options.suppress_tokens) if options.suppress_tokens else (),
-            blank_ids=tuple(tokenizer.encode(" ") + [tokenizer.eot]) if options.suppress_blank else (),
+            no_speech=tokenizer.no_speech, suppress_ids=suppress_ids, blank_ids=blank_ids,
             timestamp_rules=None if options.without_timestamps else (
                 tokenizer.timestamp_begin, tokenizer.no_timestamps, -1 if max_index is None else max_index),
         )
         sum_logprobs[0], no_speech_probs = total, [no_speech]
+    elif isinstance(inference, KernelInference) and beam is None and options.temperature == 0 and len(tokens) == 1:
+        picker = cpu_kernels.GreedyPicker(model.dims.n_vocab, suppress_ids, blank_ids, None if options.without_timestamps
+                                          else (tokenizer.timestamp_begin, tokenizer.eot, tokenizer.no_timestamps,
+                                                -1 if max_index is None else max_index))
+        tokens, sum_logprobs[0], no_speech = _picked_greedy(inference, picker, tokens, sot_index, sample_len, n_ctx,
+                                                            tokenizer.eot, tokenizer.no_speech)
+        no_speech_probs = [no_speech]
     else:
         for i in range(sample_len):
             if i == 0:

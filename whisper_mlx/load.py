@@ -113,6 +113,7 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
     model.eval()
     mx.eval(model.parameters())
     if not quant and backend.on_cpu():
+        model.encoder.prepare_cpu()
         model.decoder.prepare_cpu()
     return model
 

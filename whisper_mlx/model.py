@@ -215,12 +215,21 @@ class AudioEncoder(nn.Module):
         self.positional_embedding = mx.array(sinusoids(n_ctx, n_state))
         self.blocks = [ResidualAttentionBlock(n_state, n_head) for _ in range(n_layer)]
         self.ln_post = LayerNorm(n_state)
+        self.kernel: cpu_kernels.EncoderKernel | None = None  # the C blocks' parameter table
+
+    def prepare_cpu(self) -> None:
+        """Where the C kernels are built and the weights are float32, run the blocks in C: one
+        call per window instead of ~20 MLX operations per layer, each with its own pass."""
+        if cpu_kernels.available() and all(w.dtype == mx.float32 for _, w in tree_flatten(self.parameters())):
+            self.kernel = cpu_kernels.encoder_kernel(self.blocks, self.blocks[0].attn.n_head, self.ln_post)
 
     def __call__(self, mel: mx.array) -> mx.array:
         """mel (B, 2*n_audio_ctx, n_mels) -> audio features (B, n_audio_ctx, n_audio_state)."""
         x = _gelu(self.conv1(mel))
         x = _gelu(self.conv2(x))
         x = x + self.positional_embedding[: x.shape[1]].astype(x.dtype)
+        if self.kernel is not None and x.dtype == mx.float32 and backend.on_cpu():
+            return cpu_kernels.encode(self.kernel, x)
         for block in self.blocks:
             x, _, _ = block(x)
         return self.ln_post(x)
