@@ -220,3 +220,21 @@ def test_is_silent_finds_windows_the_model_sees_as_constant(story):
     assert all_zero.is_silent(0, audio.N_FRAMES) and all_zero.is_silent(3000, audio.N_FRAMES)
     # alone, quiet speech (60 dB down) is speech; 100 dB down is under a 16-bit file's dither floor
     assert not audio.load_mel(speech * 1e-3, 80).is_silent(0, audio.N_FRAMES)
+
+
+def test_reflect_padding_reads_slices_like_per_sample_mirroring():
+    """The STFT's reflect padding, read as one slice with reversed ends, equals mirroring every
+    sample index, for signals shorter and longer than the padding and blocks at either end."""
+    from whisper_mlx.audio import _ArraySignal, _padded, _reflect
+
+    rng = np.random.default_rng(0)
+    for n in (201, 300, 1000, 480000):
+        for zeros in (0, 7, 480000):
+            signal = _ArraySignal(rng.normal(size=n).astype(np.float32), zeros)
+            for lo, hi in [(0, signal.n + 400), (0, 500), (123, signal.n + 400), (signal.n - 100, signal.n + 400),
+                           (250, signal.n)]:
+                if hi <= lo:
+                    continue
+                idx = _reflect(np.arange(lo, hi), signal.n)
+                expected = signal.samples(int(idx.min()), int(idx.max()) + 1)[idx - int(idx.min())]
+                np.testing.assert_array_equal(_padded(signal, lo, hi), expected)

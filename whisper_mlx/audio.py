@@ -265,9 +265,19 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def _padded(signal: "_ArraySignal | _StreamSignal", lo: int, hi: int) -> np.ndarray:
-    """Samples [lo, hi) of the reflect-padded signal, read from the samples they mirror."""
-    if lo >= N_FFT // 2 and hi - N_FFT // 2 <= signal.n:  # no padding inside: a plain slice
-        return signal.samples(lo - N_FFT // 2, hi - N_FFT // 2)
+    """Samples [lo, hi) of the reflect-padded signal, read from the samples they mirror: one slice,
+    its mirrored ends reversed from it (per-sample index arithmetic only where a mirror reaches
+    past the slice, as for audio shorter than the padding)."""
+    first, last, n = lo - N_FFT // 2, hi - N_FFT // 2, signal.n
+    a, b = max(first, 0), min(last, n)
+    left, right = max(-first, 0), max(last - n, 0)  # mirrored samples before / after the signal
+    if a < b and left < b - a and a <= n - 1 - right:
+        seg = signal.samples(a, b)
+        parts = [seg[1 : left + 1][::-1]] if left else []
+        parts.append(seg)
+        if right:
+            parts.append(seg[n - 1 - right - a : n - 1 - a][::-1])
+        return np.concatenate(parts) if len(parts) > 1 else seg
     idx = _reflect(np.arange(lo, hi), signal.n)
     base = int(idx.min())
     return signal.samples(base, int(idx.max()) + 1)[idx - base]
