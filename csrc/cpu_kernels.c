@@ -21,7 +21,8 @@
  *    vocabulary per token instead of NumPy's several.
  *
  * Plain C, no Python API: whisper_mlx/cpu_kernels.py loads it with ctypes. Functions marked
- * WM_SIMD are compiled for AVX2+FMA and for the baseline, chosen at load time.
+ * WM_SIMD are compiled for AVX2+FMA (x86-64-v3) and for the baseline, chosen at load time by
+ * the CPU's features.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -31,8 +32,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WM_SIMD __attribute__((target_clones("arch=haswell", "default")))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+/* x86-64-v3 = AVX2 + FMA + F16C, chosen by feature: "arch=haswell" is chosen by CPU model, which
+ * left every AMD CPU on the baseline clone (3x slower here) */
+#define WM_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define WM_SIMD __attribute__((target_clones("avx2", "default")))
 #else
 #define WM_SIMD
 #endif
@@ -365,7 +370,7 @@ typedef struct {
     const float *const *params;
     float *const *caches;
     int n_layer, c, n_head, d, n_ctx, s_a, n_vocab, batch, t, offset, end, n, n_rows, n_threads;
-    int cross_ld; /* row stride of the cross-attention keys/values (wm_cross_kv's layout) */
+    long cross_stride; /* floats between batch rows of the cross-attention keys/values */
     float alpha;
     const int32_t *tokens, *rows;
     float *x, *q, *o, *mlp, *logits;
@@ -450,20 +455,20 @@ WM_SIMD static void layer_norm(const float *x, int n, int c, const float *w, con
     }
 }
 
-/* One head of attention for t query rows (q: stride ldq) over keys given as k (s x d, stride
- * ldk) or, when k_t, as (d x s, stride s); values (s x d, stride ldv). Row r sees the first
+/* One head of attention for t query rows (q: stride ldq) over keys and values given as (s x d,
+ * stride ldk / ldv) or, when kv_t, transposed as (d x s, stride s). Row r sees the first
  * len0 + r keys (causal) or all s when len0 < 0. Base-2 scores, normalized after the product. */
-static void head_attention(const float *q, int ldq, const float *k, int ldk, int k_t, const float *v, int ldv,
+static void head_attention(const float *q, int ldq, const float *k, int ldk, int kv_t, const float *v, int ldv,
                            float *out, int ldo, int t, int s, int d, float alpha, int len0, float *w,
                            float *sums) {
-    cblas_sgemm(RowMajor, NoTrans, k_t ? NoTrans : Trans, t, s, d, alpha, q, ldq, k, k_t ? s : ldk, 0.0f, w, s);
+    cblas_sgemm(RowMajor, NoTrans, kv_t ? NoTrans : Trans, t, s, d, alpha, q, ldq, k, kv_t ? s : ldk, 0.0f, w, s);
     for (int r = 0; r < t; r++) {
         int keep = len0 < 0 ? s : len0 + r;
         float *row = w + (size_t)r * s;
         exp2_rows(row, 1, keep, s, sums + r);
         for (int j = keep; j < s; j++) row[j] = 0.0f;
     }
-    cblas_sgemm(RowMajor, NoTrans, NoTrans, t, d, s, 1.0f, w, s, v, ldv, 0.0f, out, ldo);
+    cblas_sgemm(RowMajor, NoTrans, kv_t ? Trans : NoTrans, t, d, s, 1.0f, w, s, v, kv_t ? s : ldv, 0.0f, out, ldo);
     for (int r = 0; r < t; r++) {
         float inv = 1.0f / sums[r];
         for (int j = 0; j < d; j++) out[(size_t)r * ldo + j] *= inv;
@@ -517,9 +522,9 @@ static void step_thread(step_job *job, int k) {
         barrier(job, &sense);
         for (int item = k; item < h_items; item += nt) {
             int b = item / job->n_head, hd = item % job->n_head;
-            size_t row = (size_t)b * t * c + hd * d, at = (size_t)b * s_a * job->cross_ld + hd * d;
-            head_attention(job->q + row, c, cache[C_CROSS_K] + at, job->cross_ld, 0, cache[C_CROSS_V] + at,
-                           job->cross_ld, job->o + row, c, t, s_a, d, job->alpha, -1, w, sums);
+            size_t row = (size_t)b * t * c + hd * d, at = (size_t)b * job->cross_stride + (size_t)hd * d * s_a;
+            head_attention(job->q + row, c, cache[C_CROSS_K] + at, 0, 1, cache[C_CROSS_V] + at, 0, job->o + row,
+                           c, t, s_a, d, job->alpha, -1, w, sums);
         }
         barrier(job, &sense);
         linear_cols(job->o, n, c, W(L_COUT_W), p[L_COUT_B], c, job->x, 1, j0, j1, tmp);
@@ -557,14 +562,14 @@ static void *step_worker(void *arg) {
  * the attention by heads, meeting at a barrier between dependent phases; the BLAS runs on one
  * thread meanwhile. Returns 0, -1 out of memory, -2 past n_ctx. */
 int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
-                     int n_ctx, int n_audio_ctx, int cross_ld, int n_vocab, const int32_t *tokens, int batch, int t,
+                     int n_ctx, int n_audio_ctx, long cross_stride, int n_vocab, const int32_t *tokens, int batch, int t,
                      int offset, const int32_t *rows, int n_rows, float *logits, int n_threads) {
     if (offset + t > n_ctx) return -2;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 64) n_threads = 64;
     int n = batch * t, end = offset + t, s_max = n_audio_ctx > end ? n_audio_ctx : end, c = n_state;
     step_job job = {.params = params, .caches = caches, .n_layer = n_layer, .c = c, .n_head = n_head,
-                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .cross_ld = cross_ld, .n_vocab = n_vocab, .batch = batch,
+                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .cross_stride = cross_stride, .n_vocab = n_vocab, .batch = batch,
                     .t = t, .offset = offset, .end = end, .n = n, .n_rows = n_rows, .n_threads = n_threads,
                     .alpha = 1.4426950408889634f / sqrtf((float)(c / n_head)), .tokens = tokens, .rows = rows,
                     .logits = logits, .hrows = n > batch * n_rows ? n : batch * n_rows};
@@ -667,19 +672,20 @@ int wm_encode(float *x, int t, int c, int n_head, int n_mlp, int n_layer, const 
               int n_threads) {
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 64) n_threads = 64;
-    int c3 = 3 * c, big = n_mlp > c3 ? n_mlp : c3;
+    int big = n_mlp > 3 * c ? n_mlp : 3 * c;
     float *h = malloc(sizeof(float) * (size_t)t * (c + big));
     if (!h) return -1;
-    float *wide = h + (size_t)t * c; /* q|k|v rows (t x 3c), later the MLP's (t x n_mlp) */
+    /* q, k and v, each (t x c) and contiguous (attention re-reads k for every block of queries:
+     * interleaved rows would spread it over 3x the memory), later the MLP's (t x n_mlp) */
+    float *wide = h + (size_t)t * c, *q = wide, *k = q + (size_t)t * c, *v = k + (size_t)t * c;
     float scale = 1.0f / sqrtf((float)(c / n_head));
     for (int l = 0; l < n_layer; l++) {
         const float *const *p = params + (size_t)l * E_PARAMS;
         layer_norm(x, t, c, p[E_LN1_W], p[E_LN1_B], h);
-        linear_f32(h, t, c, p[E_Q_W], p[E_Q_B], c, wide, c3);
-        linear_f32(h, t, c, p[E_K_W], NULL, c, wide + c, c3);
-        linear_f32(h, t, c, p[E_V_W], p[E_V_B], c, wide + 2 * c, c3);
-        if (wm_attention(wide, c3, wide + c, c3, wide + 2 * c, c3, h, c, t, t, n_head, c / n_head, scale,
-                         n_threads) != 0) {
+        linear_f32(h, t, c, p[E_Q_W], p[E_Q_B], c, q, c);
+        linear_f32(h, t, c, p[E_K_W], NULL, c, k, c);
+        linear_f32(h, t, c, p[E_V_W], p[E_V_B], c, v, c);
+        if (wm_attention(q, c, k, c, v, c, h, c, t, t, n_head, c / n_head, scale, n_threads) != 0) {
             free(h);
             return -1;
         }
@@ -700,15 +706,18 @@ int wm_encode(float *x, int t, int c, int n_head, int n_mlp, int n_layer, const 
 /* ---- cross-attention keys/values, and the greedy pick ----------------------------------- */
 
 /* Every decoder layer's cross-attention keys and values for one window's audio features
- * xa (s x c), computed once per window: row r of out is [K_0 | V_0 | K_1 | V_1 | ...]
- * (s x 2 n_layer c), the layout wm_decode_tokens reads with cross_ld = 2 n_layer c. params per
- * layer: key weight, value weight, value bias (float32; keys have no bias). */
+ * xa (s x c), computed once per window, transposed: layer l's keys at out + 2 l c s and values at
+ * out + (2 l + 1) c s, each (c x s) = W xa^T (+ bias), so each head's (d x s) block is contiguous
+ * for the step to stream. params per layer: key weight, value weight, value bias (float32; keys
+ * have no bias). */
 void wm_cross_kv(const float *xa, int s, int c, int n_layer, const float *const *params, float *out) {
-    int ld = 2 * n_layer * c;
     for (int l = 0; l < n_layer; l++) {
         const float *const *p = params + 3 * (size_t)l;
-        linear_f32(xa, s, c, p[0], NULL, c, out + (size_t)2 * l * c, ld);
-        linear_f32(xa, s, c, p[1], p[2], c, out + (size_t)(2 * l + 1) * c, ld);
+        float *k_t = out + (size_t)2 * l * c * s, *v_t = k_t + (size_t)c * s;
+        cblas_sgemm(RowMajor, NoTrans, Trans, c, s, c, 1.0f, p[0], c, xa, c, 0.0f, k_t, s);
+        for (int r = 0; r < c; r++)
+            for (int j = 0; j < s; j++) v_t[(size_t)r * s + j] = p[2][r];
+        cblas_sgemm(RowMajor, NoTrans, Trans, c, s, c, 1.0f, p[1], c, xa, c, 1.0f, v_t, s);
     }
 }
 
@@ -718,21 +727,32 @@ static void forbid(float *x, int lo, int hi) {
     for (int j = lo; j < hi; j++) x[j] = WM_FORBID;
 }
 
-/* log(sum(exp(x))) over x[lo, hi), summed in double: a float running sum would drop the many tiny
- * terms behind a near-1 one (NumPy's pairwise sum keeps them). */
-WM_SIMD static float log_sum_exp(const float *x, int lo, int hi) {
+WM_SIMD static float max_of(const float *x, int lo, int hi) {
     float m = WM_FORBID;
     for (int j = lo; j < hi; j++) m = x[j] > m ? x[j] : m;
-    double sum = 0.0;
-    for (int j = lo; j < hi; j++) sum += exp2_neg((x[j] - m) * 1.4426950408889634f);
-    return m + (float)log(sum);
+    return m;
 }
 
-WM_SIMD static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int j = 1; j < n; j++)
-        if (x[j] > x[best]) best = j;
-    return best;
+/* The first index of the largest value in x[lo, hi) (hi > lo): the maximum, then a scan for it. */
+WM_SIMD static int argmax(const float *x, int lo, int hi) {
+    float m = max_of(x, lo, hi);
+    int j = lo;
+    while (x[j] != m) j++;
+    return j;
+}
+
+/* log(sum(exp(x - m))) + m over x[lo, hi) given their maximum m: float sums over blocks of 512
+ * values, added in double, so the many tiny terms are not lost behind a near-1 one (a running
+ * float sum drops them; NumPy's pairwise sum keeps them). */
+WM_SIMD static float log_sum_exp(const float *x, int lo, int hi, float m) {
+    double sum = 0.0;
+    for (int b = lo; b < hi; b += 512) {
+        int e = b + 512 < hi ? b + 512 : hi;
+        float part = 0.0f;
+        for (int j = b; j < e; j++) part += exp2_neg((x[j] - m) * 1.4426950408889634f);
+        sum += part;
+    }
+    return m + (float)log(sum);
 }
 
 /* One greedy pick over a row of logits x (n_vocab, edited in place) with openai-whisper's logit
@@ -741,7 +761,7 @@ WM_SIMD static int argmax(const float *x, int n) {
  * suppress: n_vocab flags (1: never); blank: n_blank ids forbidden at the first position;
  * rules: timestamps on, timestamp_begin, eot, no_timestamps, max initial timestamp index (-1:
  * none). Returns the token; *logprob is its log probability after the filters. */
-int wm_pick_greedy(float *x, int n_vocab, const int32_t *state, const uint8_t *suppress, const int32_t *blank,
+WM_SIMD int wm_pick_greedy(float *x, int n_vocab, const int32_t *state, const uint8_t *suppress, const int32_t *blank,
                    int n_blank, const int32_t *rules, float *logprob) {
     int n = state[0], last = state[1], penult = state[2], last_ts = state[3], first = n == 0;
     for (int j = 0; j < n_vocab; j++) x[j] = suppress[j] ? WM_FORBID : x[j];
@@ -766,10 +786,16 @@ int wm_pick_greedy(float *x, int n_vocab, const int32_t *state, const uint8_t *s
             if (max_ts >= 0 && ts_begin + max_ts + 1 < n_vocab) forbid(x, ts_begin + max_ts + 1, n_vocab);
         }
         /* a timestamp when the timestamps' total probability beats every single text token */
-        float text_best = x[argmax(x, ts_begin)];
-        if (log_sum_exp(x, ts_begin, n_vocab) > text_best) forbid(x, 0, ts_begin);
+        int text = argmax(x, 0, ts_begin), ts = argmax(x, ts_begin, n_vocab);
+        if (log_sum_exp(x, ts_begin, n_vocab, x[ts]) > x[text]) {
+            forbid(x, 0, ts_begin);
+            text = ts;
+        }
+        int token = x[ts] > x[text] ? ts : text; /* the first of equal maxima, as argmax */
+        *logprob = x[token] - log_sum_exp(x, 0, n_vocab, x[token]);
+        return token;
     }
-    int token = argmax(x, n_vocab);
-    *logprob = x[token] - log_sum_exp(x, 0, n_vocab);
+    int token = argmax(x, 0, n_vocab);
+    *logprob = x[token] - log_sum_exp(x, 0, n_vocab, x[token]);
     return token;
 }

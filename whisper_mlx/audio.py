@@ -191,6 +191,7 @@ def pad_or_trim(array, length: int = N_SAMPLES, *, axis: int = -1):
 
 
 @lru_cache(maxsize=None)
+@lru_cache(maxsize=None)
 def mel_filters(n_mels: int) -> mx.array:
     """The librosa Mel filterbank (n_mels, N_FFT // 2 + 1) that openai-whisper ships."""
     if n_mels not in (80, 128):

@@ -46,6 +46,11 @@ def _preload_blas() -> None:
     wanted = os.environ.get("WHISPER_MLX_BLAS")
     if wanted == "none":
         return
+    # OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) after each product before they sleep,
+    # taking a core from the C kernels' own threads (encoder attention, the decoder step) in
+    # between: half their speed on 2 cores. 2^20 cycles (~0.3 ms) still bridges back-to-back
+    # products. Read once, when OpenBLAS loads; a value the user set stays.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
     for path in ([wanted] if wanted else _BLAS_CANDIDATES):
         if path and os.path.exists(path):
             if cpu_kernels.load(path):

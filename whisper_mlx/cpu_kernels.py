@@ -53,7 +53,8 @@ def load(blas_path: str) -> bool:
     lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
     lib.wm_encode.argtypes = [_P] + [ctypes.c_int] * 5 + [_P, _P, ctypes.c_int]
-    lib.wm_decode_tokens.argtypes = [_P, _P] + [ctypes.c_int] * 7 + [_P] + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int]
+    lib.wm_decode_tokens.argtypes = ([_P, _P] + [ctypes.c_int] * 5 + [ctypes.c_long, ctypes.c_int, _P]
+                                     + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int])
     lib.wm_cross_kv.argtypes = [_P] + [ctypes.c_int] * 3 + [_P, _P]
     lib.wm_pick_greedy.argtypes = [_P, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, _P]
     global _THREADS
@@ -239,8 +240,8 @@ def decoder_kernel(blocks: list, n_head: int, positional_embedding, ln, embeddin
 class DecoderCache:
     """The kv_cache of `decode_tokens`: self-attention keys/values (n_layer, batch, n_ctx,
     n_state), written in place (pages are touched only as positions fill), and every layer's
-    cross-attention keys/values for the window, (batch, n_audio_ctx, 2 n_layer n_state) from one
-    C call (`wm_cross_kv`), in the layout the step reads (no per-layer head transposes)."""
+    cross-attention keys and values for the window, transposed (batch, n_layer, 2, n_state,
+    n_audio_ctx) by one C call (`wm_cross_kv`), so each head's block streams contiguously."""
 
     def __init__(self, kernel: DecoderKernel, audio_features, batch: int):
         shape = (kernel.n_layer, batch, kernel.n_ctx, kernel.n_state)
@@ -248,14 +249,13 @@ class DecoderCache:
         _, (xa,) = _evaluated(audio_features)
         b, self.n_audio_ctx, c = xa.shape
         assert b == batch and c == kernel.n_state, (xa.shape, batch, kernel.n_state)
-        self.cross = np.empty((batch, self.n_audio_ctx, 2 * kernel.n_layer * c), np.float32)
+        self.cross = np.empty((batch, kernel.n_layer, 2, c, self.n_audio_ctx), np.float32)
         for i in range(batch):
             _LIB.wm_cross_kv(xa[i].ctypes.data, self.n_audio_ctx, c, kernel.n_layer, kernel.cross_table,
                              self.cross[i].ctypes.data)
-        k_at = [self.cross[0, 0, 2 * layer * c:] for layer in range(kernel.n_layer)]
-        v_at = [self.cross[0, 0, (2 * layer + 1) * c:] for layer in range(kernel.n_layer)]
         self.table = _pointers(
-            [a for layer in range(kernel.n_layer) for a in (self.self_k[layer], self.self_v[layer], k_at[layer], v_at[layer])]
+            [a for layer in range(kernel.n_layer)
+             for a in (self.self_k[layer], self.self_v[layer], self.cross[0, layer, 0], self.cross[0, layer, 1])]
         )
         self.offset = 0
 
@@ -276,7 +276,7 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
     rows_c = np.array([r % t for r in rows], np.int32)
     out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
     rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,
-                               kernel.n_ctx, cache.n_audio_ctx, cache.cross.shape[-1], kernel.n_vocab, tokens.ctypes.data, batch, t,
+                               kernel.n_ctx, cache.n_audio_ctx, cache.cross[0].size, kernel.n_vocab, tokens.ctypes.data, batch, t,
                                cache.offset, rows_c.ctypes.data, len(rows_c), out.ctypes.data,
                                min(_THREADS, DECODER_THREADS))
     if rc == -2:

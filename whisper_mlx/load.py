@@ -14,6 +14,7 @@ import mlx.nn as nn
 
 from . import backend
 from .model import ModelDimensions, Whisper
+from .tokenizer import get_encoding
 
 _DTYPES = {"float16": mx.float16, "float32": mx.float32, "bfloat16": mx.bfloat16}
 
@@ -115,6 +116,9 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
     if not quant and backend.on_cpu():
         model.encoder.prepare_cpu()
         model.decoder.prepare_cpu()
+    # the model's vocabulary is part of loading it (as faster-whisper's model loads its tokenizer),
+    # not of the first transcription
+    get_encoding(name="multilingual" if model.is_multilingual else "gpt2", num_languages=model.num_languages)
     return model
 
 

@@ -189,6 +189,11 @@ class Tokenizer:
         self.sot_sequence = tuple(sequence)
 
     def encode(self, text: str, **kwargs) -> list[int]:
+        """Tokens of the text; special-token text is refused unless allowed, as in tiktoken. Text
+        without "<|" cannot hold one, so it skips tiktoken's check, whose first use compiles a
+        regex of all ~1600 special tokens (0.5 s)."""
+        if not kwargs and "<|" not in text:
+            return self.encoding.encode_ordinary(text)
         return self.encoding.encode(text, **kwargs)
 
     def decode(self, token_ids: list[int], **kwargs) -> str:
@@ -267,9 +272,9 @@ class Tokenizer:
         # single-codepoint symbols that may be split into several tokens
         miscellaneous = set("♩♪♫♬♭♮♯")
         assert all(0x2640 <= ord(c) <= 0x267F for c in miscellaneous)
-        result = {self.encoding.encode(" -")[0], self.encoding.encode(" '")[0]}
+        result = {self.encode(" -")[0], self.encode(" '")[0]}
         for symbol in symbols + list(miscellaneous):
-            for tokens in [self.encoding.encode(symbol), self.encoding.encode(" " + symbol)]:
+            for tokens in [self.encode(symbol), self.encode(" " + symbol)]:
                 if len(tokens) == 1 or symbol in miscellaneous:
                     result.add(tokens[0])
         return tuple(sorted(result))
