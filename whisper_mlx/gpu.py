@@ -322,12 +322,16 @@ def _greedy(gpu: GpuDecoder, audio_features, initial, *, sot_index, sample_len, 
 # node, dependency tracking, graph update and launch) of several microseconds: large-v3's step is
 # ~7 ms against a 0.6 ms memory bound. Under MLX's CUDA backend the step below is one kernel
 # (plus MLX's fills of its outputs): every block of a grid of one block per SM walks the layers,
-# with a grid-wide barrier between the phases (layer norm + fused QKV and the cache write,
-# self-attention, output projection, cross query, cross-attention split over key blocks, output
-# projection, MLP up + GELU, MLP down), then the vocabulary projection with the logit filters
-# folded into per-block partial statistics, and block 0 picks the token. The residual stream
-# stays in float32. A barrier that waits too long (blocks not co-resident) sets a flag, the
-# kernel returns an impossible token, and the caller falls back to the compiled MLX step.
+# with a grid-wide barrier between 6 phases per layer (layer norm + fused QKV and the cache
+# write; self-attention per head with its share of the output projection; layer norm + cross
+# query; cross-attention split over key blocks; their combination per head with its share of the
+# output projection; layer norm + MLP up + GELU + MLP down per slice of hidden units), then the
+# vocabulary projection with the logit filters folded into per-block partial statistics, and
+# block 0 picks the token. The output projections and the MLP's down projection are split over
+# their input (per head, per hidden slice) and added into the float32 residual stream with
+# atomic adds, which saves the barrier that a separate projection phase would need. A barrier
+# that waits too long (blocks not co-resident) sets a flag, the kernel returns an impossible
+# token, and the caller falls back to the compiled MLX step.
 
 _ASSETS = Path(__file__).parent / "assets"
 _FUSED_HEADER = _ASSETS / "fused_step.cuh"  # the kernel's CUDA source
@@ -342,18 +346,22 @@ _FUSED_OUTPUTS = ["tok_out", "lp_out", "st_out", "scr"]
 def fused_source(cfg: dict) -> tuple[str, str]:
     """(header, kernel body) of the fused step for one model shape; cfg: L, C, H, D, F, CTX
     (text context), S (audio context), V (vocabulary), NB (blocks), NT (threads per block),
-    NSPLIT (cross-attention key blocks per head)."""
+    NSPLIT (cross-attention key blocks per head), NSO (row slices per head of the attention output
+    projections), KB (hidden units per MLP slice, a multiple of 8), NSM (MLP slices)."""
     consts = "".join(f"#define WM_{k} {v}\n" for k, v in cfg.items())
     consts += f"#define WM_NW {cfg['NT'] // 32}\n"
     body = f"step_impl<T>({', '.join(_FUSED_INPUTS + _FUSED_OUTPUTS)});\n"
     return consts + _GELU_HEADER.read_text() + _FUSED_HEADER.read_text(), body
 
 
+_FUSED_PHASES = ["qkv", "self_out", "cross_q", "cross", "cross_out", "mlp"]  # per layer, between barriers
+
+
 def fused_scratch_size(cfg: dict) -> int:
     """float32 elements of the kernel's scratch output (barrier, activations, partial sums)."""
-    size = 32 + 4 * cfg["C"] + cfg["F"] + cfg["H"] * cfg["NSPLIT"] * (cfg["D"] + 2) + cfg["NB"] * 8
-    if cfg.get("TIMING"):  # (arrival, departure) per block at each of the 8 L + 2 barriers
-        size = cfg["TIMING"] + 2 * (8 * cfg["L"] + 2) * cfg["NB"]
+    size = 32 + 4 * cfg["C"] + cfg["H"] * cfg["NSPLIT"] * (cfg["D"] + 2) + cfg["NB"] * 8
+    if cfg.get("TIMING"):  # (arrival, departure) per block at each barrier
+        size = cfg["TIMING"] + 2 * (len(_FUSED_PHASES) * cfg["L"] + 2) * cfg["NB"]
     return size
 
 
@@ -398,8 +406,9 @@ def fused_available() -> bool:
 
 class FusedStep:
     """One decoder step (greedy pick with the logit filters) as one CUDA kernel; the weights of
-    every layer stacked once, the caches as (n_layer, n_head, rows, head_dim) arrays that the
-    kernel updates in place."""
+    every layer stacked once (the attention output projections by head and the MLP's down
+    projection by hidden slice, for the kernel's split-K products), the caches as
+    (n_layer, n_head, rows, head_dim) arrays that the kernel updates in place."""
 
     def __init__(self, gpu: GpuDecoder, n_audio_ctx: int, threads: int = 512, blocks_per_sm: int = 1,
                  timing: bool = False, **switches: int):
@@ -413,25 +422,44 @@ class FusedStep:
             return mx.stack([get(b).astype(t) for b in blocks])
 
         n_state, n_head = dims.n_text_state, dims.n_text_head
+        head_dim = n_state // n_head
         mlp = blocks[0].mlp[0].weight.shape[0]
         nb = sm_count() * blocks_per_sm
         nsplit = max(1, nb // n_head)
-        self.cfg = dict(L=len(blocks), C=n_state, H=n_head, D=n_state // n_head, F=mlp, CTX=dims.n_text_ctx,
-                        S=n_audio_ctx, V=dims.n_vocab, NB=nb, NT=threads, NSPLIT=nsplit)
+        # the MLP in slices of KB hidden units, one per block (KB a multiple of 8: the rearranged
+        # down projection below keeps 8 of a row's values in 16 bytes), NSM slices in all
+        kb = -(-mlp // nb)
+        kb = -(-kb // 8) * 8
+        nsm = -(-mlp // kb)
+        self.cfg = dict(L=len(blocks), C=n_state, H=n_head, D=head_dim, F=mlp, CTX=dims.n_text_ctx,
+                        S=n_audio_ctx, V=dims.n_vocab, NB=nb, NT=threads, NSPLIT=nsplit,
+                        NSO=max(1, nb // n_head), KB=kb, NSM=nsm)
         self.cfg.update(switches)  # extra compile-time defines (WM_<name>), for experiments
         if timing:  # the timing area starts after the scratch proper
             self.cfg["TIMING"] = fused_scratch_size(self.cfg)
+
+        def by_head(w):
+            """(C, C) output projection -> (H, D / 8, C, 8): head h's columns, 8 at a time per row."""
+            return w.reshape(n_state, n_head, head_dim // 8, 8).transpose(1, 2, 0, 3)
+
+        def by_slice(w):
+            """(C, F) MLP down projection -> (NSM, KB / 8, C, 8): slice s's columns (zero-padded to
+            NSM * KB), 8 at a time per row."""
+            if nsm * kb > mlp:
+                w = mx.pad(w, [(0, 0), (0, nsm * kb - mlp)])
+            return w.reshape(n_state, nsm, kb // 8, 8).transpose(1, 2, 0, 3)
+
         self.weights = [
             gpu.embedding.astype(t), dec.positional_embedding.astype(mx.float32),
             stack(lambda b: b.attn_ln.weight), stack(lambda b: b.attn_ln.bias),
             mx.stack([q[0].astype(t) for q in gpu.qkv]), mx.stack([q[1].astype(t) for q in gpu.qkv]),
-            stack(lambda b: b.attn.out.weight), stack(lambda b: b.attn.out.bias),
+            stack(lambda b: by_head(b.attn.out.weight)), stack(lambda b: b.attn.out.bias),
             stack(lambda b: b.cross_attn_ln.weight), stack(lambda b: b.cross_attn_ln.bias),
             stack(lambda b: b.cross_attn.query.weight), stack(lambda b: b.cross_attn.query.bias),
-            stack(lambda b: b.cross_attn.out.weight), stack(lambda b: b.cross_attn.out.bias),
+            stack(lambda b: by_head(b.cross_attn.out.weight)), stack(lambda b: b.cross_attn.out.bias),
             stack(lambda b: b.mlp_ln.weight), stack(lambda b: b.mlp_ln.bias),
             stack(lambda b: b.mlp[0].weight), stack(lambda b: b.mlp[0].bias),
-            stack(lambda b: b.mlp[2].weight), stack(lambda b: b.mlp[2].bias),
+            stack(lambda b: by_slice(b.mlp[2].weight)), stack(lambda b: b.mlp[2].bias),
             dec.ln.weight.astype(t), dec.ln.bias.astype(t),
         ]
         mx.eval(self.weights)
@@ -479,11 +507,11 @@ def phase_times(step: FusedStep) -> dict[str, float]:
     'critical' = from the first block leaving the previous barrier to the last one reaching this
     one, 'wake' = from that last arrival to the mean departure."""
     cfg = step.cfg
-    nb, nbar = cfg["NB"], 8 * cfg["L"] + 2
+    nb, nbar = cfg["NB"], len(_FUSED_PHASES) * cfg["L"] + 2
     raw = np.asarray(step.last_scratch).view(np.uint32)[cfg["TIMING"]:cfg["TIMING"] + 2 * nbar * nb]
     t = raw.reshape(nbar, 2, nb).astype(np.int64)
     t = (t - int(t[0, 0, 0])) % (1 << 32)  # ns since block 0 reached the first barrier
-    names = ["embed"] + ["qkv", "self", "out", "cross_q", "cross", "cross_out", "fc1", "fc2"] * cfg["L"] + ["logits"]
+    names = ["embed"] + _FUSED_PHASES * cfg["L"] + ["logits"]
     out: dict[str, float] = {}
     for i in range(1, nbar):
         arrive, depart_prev = t[i, 0], t[i - 1, 1]

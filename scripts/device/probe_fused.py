@@ -74,12 +74,6 @@ def main(shapes):
             except Exception as e:  # noqa: BLE001
                 print(f"  {label}: FAILED {type(e).__name__}: {e}", flush=True)
         variants = [("mlx compiled step", None), ("fused", fused)]
-        more = [("fused, no preload", dict(PRELOAD=0))]
-        for label, opts in more:
-            try:
-                variants.append((label, gpu.FusedStep(dec, feats.shape[1], **opts)))
-            except Exception as e:  # noqa: BLE001
-                print(f"  {label}: FAILED {e}", flush=True)
         for label, f in variants:
             try:
                 one = med(lambda: run(dec, feats, prompt, 1, f))

@@ -2,8 +2,12 @@
 # On the GPU machine, once per carried part: `scripts/device/unpack.sh K N` keeps part K of N in
 # /tmp (which lasts while the machine stays warm). As soon as the parts so far hold MLX (the first
 # member of pack.sh's stream; parts 1-2) it installs MLX into /tmp/site and writes /tmp/env-mlx.sh
-# (enough for the random-weight probes and shapes); after the last part it installs everything
-# else and writes /tmp/env.sh (source it before running tests or benchmarks).
+# (MLX alone: whisper_mlx imports av and the probes' zoo.manifest needs pydantic, so the probes and
+# tools/bench_gpu.py wait for /tmp/env.sh); after the last part it installs everything
+# else and writes /tmp/env.sh (source it before running tests or benchmarks). Carry
+# .cache/tests/references (git-ignored, so it travels only when carried) with the last part: without
+# the CPU fp32 references there, tests/test_gpu.py recomputes them on the device's CPU, and base's
+# does not fit one call.
 set -euo pipefail
 k=$1 n=$2
 mkdir -p /tmp/parts

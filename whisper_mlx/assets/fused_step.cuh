@@ -45,6 +45,13 @@ __device__ __forceinline__ void load8(const float* p, float* o) {
   o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
 }
 
+// sum of 8 weights times 8 floats of shared memory (16-byte aligned)
+__device__ __forceinline__ float dot8(const float* w, const float* v) {
+  const float4 v0 = *reinterpret_cast<const float4*>(v);
+  const float4 v1 = *reinterpret_cast<const float4*>(v + 4);
+  return w[0] * v0.x + w[1] * v0.y + w[2] * v0.z + w[3] * v0.w + w[4] * v1.x + w[5] * v1.y + w[6] * v1.z + w[7] * v1.w;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -80,9 +87,6 @@ __device__ float block_max(float v, float* red) {
 #endif
 #ifndef WM_VPREFETCH
 #define WM_VPREFETCH 1
-#endif
-#ifndef WM_COMBINE2
-#define WM_COMBINE2 1
 #endif
 __device__ __forceinline__ unsigned wm_clock() {
   unsigned long long t;
@@ -123,7 +127,7 @@ __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned& target, volat
 }
 
 // y = W[r, :K] . v (v in shared memory, float32) for the rows r < R, spread over every warp of the
-// grid two rows at a time; lane 0 calls f(r, y) for each row, in increasing r within a warp
+// grid two rows at a time; lane 0 calls f(r, y) for each row
 template <int K, typename T, typename F>
 __device__ __forceinline__ void rows_dot(const T* W, const float* v, int R, F f) {
   const int lane = threadIdx.x % 32;
@@ -140,16 +144,76 @@ __device__ __forceinline__ void rows_dot(const T* W, const float* v, int R, F f)
       float x[8], y[8];
       load8<false>(w1 + k, x);
       load8<false>(w2 + k, y);
-      const float4 v0 = *reinterpret_cast<const float4*>(v + k);
-      const float4 v1 = *reinterpret_cast<const float4*>(v + k + 4);
-      a1 += x[0] * v0.x + x[1] * v0.y + x[2] * v0.z + x[3] * v0.w + x[4] * v1.x + x[5] * v1.y + x[6] * v1.z + x[7] * v1.w;
-      a2 += y[0] * v0.x + y[1] * v0.y + y[2] * v0.z + y[3] * v0.w + y[4] * v1.x + y[5] * v1.y + y[6] * v1.z + y[7] * v1.w;
+      a1 += dot8(x, v + k);
+      a2 += dot8(y, v + k);
     }
     a1 = warp_sum(a1);
     a2 = warp_sum(a2);
     if (lane == 0) {
       f(r, a1);
       if (two) f(r2, a2);
+    }
+  }
+}
+
+// y = W[r, :K] . v for the rows r < n (0 < n <= NR * WM_NW) by the warps of this block, warp w taking
+// rows w, w + WM_NW, ... all at once; lane 0 calls f(r, y). Every load is unconditional (rows past
+// n read row n - 1 again, lanes past K the row's last 8 weights, from L1, and drop them): a load
+// under a condition is issued and waited for on its own, one round trip to memory each.
+template <int K, int NR, typename T, typename F>
+__device__ __forceinline__ void block_rows_dot(const T* W, const float* v, int n, F f) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  float a[NR];
+#pragma unroll
+  for (int j = 0; j < NR; j++) a[j] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (K + 255) / 256; i++) {
+    const int k = min(lane * 8 + i * 256, K - 8);
+    const float keep = K % 256 == 0 || lane * 8 + i * 256 < K ? 1.f : 0.f;
+#pragma unroll
+    for (int j = 0; j < NR; j++) {
+      float x[8];
+      load8<false>(W + (size_t)min(w + j * WM_NW, n - 1) * K + k, x);
+      a[j] += keep * dot8(x, v + k);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < NR; j++) {
+    const float y = warp_sum(a[j]);
+    if (lane == 0 && w + j * WM_NW < n) f(w + j * WM_NW, y);
+  }
+}
+
+// Split-K products into the residual stream: x[c] += sum over k < 8 * NK of W[k, c] v[k] (+ extra)
+// for the rows c in [r0, r1) (r1 - r0 <= NC * WM_NT), one thread per row, atomically (every block
+// adds its own k range). W is stored (NK, WM_C, 8): the 8 consecutive k of a row are 16 bytes, and
+// the threads of a warp read consecutive rows, so every load is coalesced; as in block_rows_dot
+// every load is unconditional (threads past r1 read row r1 - 1). bias (nullable) is added once,
+// by the caller that passes it; resid (nullable, float32) likewise.
+template <int NK, int NC, typename T>
+__device__ __forceinline__ void cols_add(const T* W, const float* v, int r0, int r1, const T* bias, const float* resid,
+                                         float* x) {
+  if (r0 + (int)(threadIdx.x & ~31u) >= r1) return;  // whole warps past the rows
+  float a[NC];
+#pragma unroll
+  for (int j = 0; j < NC; j++) a[j] = 0.f;
+#pragma unroll
+  for (int i = 0; i < NK; i++) {
+#pragma unroll
+    for (int j = 0; j < NC; j++) {
+      float w[8];
+      load8<false>(W + ((size_t)i * WM_C + min(r0 + (int)threadIdx.x + j * WM_NT, r1 - 1)) * 8, w);
+      a[j] += dot8(w, v + 8 * i);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < NC; j++) {
+    const int c = r0 + threadIdx.x + j * WM_NT;
+    if (c < r1) {
+      float y = a[j];
+      if (bias) y += tof(bias[c]);
+      if (resid) y += __ldcg(resid + c);
+      atomicAdd(x + c, y);
     }
   }
 }
@@ -171,11 +235,6 @@ __device__ void layer_norm(const float* x, const T* w, const T* b, float* hs, fl
   }
   const float rstd = rsqrtf(block_sum(q, red) / WM_C + 1e-5f);
   for (int i = threadIdx.x; i < WM_C; i += WM_NT) hs[i] = (hs[i] - mean) * rstd * tof(w[i]) + tof(b[i]);
-  __syncthreads();
-}
-
-__device__ void to_shared(const float* g, float* s, int n) {
-  for (int i = threadIdx.x; i < n; i += WM_NT) s[i] = __ldcg(g + i);
   __syncthreads();
 }
 
@@ -257,6 +316,16 @@ __device__ __forceinline__ void merge_stats(PickStats& a, const PickStats& b) {
   merge_arg(a.m_txt, a.i_txt, b.m_txt, b.i_txt);
 }
 
+// Per layer, 6 phases between grid-wide barriers:
+//   1. layer norm, fused query/key/value (key and value into the cache)
+//   2. self-attention of head h, times out.weight[:, head h's columns], added into x atomically
+//      (items (h, row slice): each of a head's blocks recomputes its attention)
+//   3. layer norm, cross query
+//   4. cross-attention over key blocks (per-block softmax partials)
+//   5. head h's key blocks combined, times cross out.weight[:, head h], added into x atomically
+//   6. layer norm, MLP up + GELU for a slice of the hidden units, times mlp[2].weight[:, slice],
+//      added into the other residual buffer (the slices' sums and x itself), which the next layer
+//      reads: a block that still reads x for its layer norm never sees another's additions
 template <typename T>
 __device__ void step_impl(
     const uint32_t* tok, const int32_t* posp, const int32_t* state, const int32_t* rules, const T* emb,
@@ -265,31 +334,31 @@ __device__ void step_impl(
     const T* ln3b, const T* w1, const T* b1, const T* w2, const T* b2, const T* lnfw, const T* lnfb,
     const T* kc_, const T* vc_, const T* ck, const T* cv, const float* suppress, const float* blank,
     uint32_t* tok_out, float* lp_out, int32_t* st_out, float* scr) {
-  constexpr int C = WM_C, H = WM_H, D = WM_D, F = WM_F;
+  constexpr int C = WM_C, H = WM_H, D = WM_D, F = WM_F, KB = WM_KB;
   constexpr int NPART = H * WM_NSPLIT;
   constexpr int CHUNK = (WM_S + WM_NSPLIT - 1) / WM_NSPLIT;
   constexpr int SC = WM_CTX > CHUNK ? WM_CTX : CHUNK;
-  __shared__ __align__(16) float hs[F > C ? F : C];
+  constexpr int NHEAD_ITEMS = H * WM_NSO;  // (head, row slice) items of phases 2 and 5
+  constexpr int NR = (KB + WM_NW - 1) / WM_NW;  // MLP-up rows per warp
+  constexpr int NCH = ((C + WM_NSO - 1) / WM_NSO + WM_NT - 1) / WM_NT;  // output rows per thread, phases 2 and 5
+  __shared__ __align__(16) float hs[C];
+  __shared__ __align__(16) float hk[KB];
   __shared__ __align__(16) float sc[SC];
   __shared__ float part[WM_NT];
   __shared__ float red[32];
-  __shared__ float qs[D];
-  __shared__ float ob[D];
+  __shared__ __align__(16) float qs[D];
+  __shared__ __align__(16) float ob[D];
   __shared__ PickStats ws[WM_NW];
-#if WM_COMBINE2
-  __shared__ float cw[3 * NPART];
-#endif
 
   T* kc = const_cast<T*>(kc_);
   T* vc = const_cast<T*>(vc_);
   unsigned* bar = reinterpret_cast<unsigned*>(scr);
   volatile int* fail = reinterpret_cast<volatile int*>(scr + 1);
-  float* xg = scr + 32;
-  float* qg = xg + C;
-  float* og = qg + C;
-  float* cq = og + C;
-  float* hf = cq + C;
-  float* pp = hf + F;
+  float* xa = scr + 32;  // the residual stream of the current layer
+  float* xb = xa + C;    // the next layer's (phase 6 adds into it)
+  float* qg = xb + C;
+  float* cq = qg + C;
+  float* pp = cq + C;
   float* lg = pp + NPART * (D + 2);
   unsigned target = 0;
   const int tid = threadIdx.x;
@@ -297,15 +366,15 @@ __device__ void step_impl(
   const float scale = rsqrtf((float)D);
 
   for (int i = blockIdx.x * WM_NT + tid; i < C; i += gridDim.x * WM_NT)
-    xg[i] = tof(emb[(size_t)t0 * C + i]) + pemb[(size_t)pos * C + i];
+    xa[i] = tof(emb[(size_t)t0 * C + i]) + pemb[(size_t)pos * C + i];
   grid_sync(bar, target, fail);
 
   for (int l = 0; l < WM_L; l++) {
     T* kcl = kc + (size_t)l * H * WM_CTX * D;
     T* vcl = vc + (size_t)l * H * WM_CTX * D;
-    // self-attention: layer norm, fused query/key/value, key and value into the cache
-    layer_norm(xg, ln1w + l * C, ln1b + l * C, hs, red);
+    // 1. self-attention's layer norm, fused query/key/value, key and value into the cache
     const T* bq = bqkv + (size_t)l * 3 * C;
+    layer_norm(xa, ln1w + l * C, ln1b + l * C, hs, red);
     rows_dot<C>(wqkv + (size_t)l * 3 * C * C, hs, 3 * C, [&](int r, float y) {
       y += tof(bq[r]);
       if (r < C) {
@@ -317,23 +386,25 @@ __device__ void step_impl(
       }
     });
     grid_sync(bar, target, fail);
-    for (int h = blockIdx.x; h < H; h += gridDim.x) {
+    // 2. self-attention and its output projection, per (head, row slice)
+    for (int item = blockIdx.x; item < NHEAD_ITEMS; item += gridDim.x) {
+      const int h = item % H, r0 = item / H * C / WM_NSO, r1 = (item / H + 1) * C / WM_NSO;
+      const T* wh = wo + ((size_t)l * H + h) * D * C;
       if (tid < D) qs[tid] = __ldcg(qg + h * D + tid) * scale;
       __syncthreads();
       const float2 ml = attend<true>(kcl + (size_t)h * WM_CTX * D, vcl + (size_t)h * WM_CTX * D, pos + 1, qs, sc, part, red, ob);
-      if (tid < D) og[h * D + tid] = ob[tid] / ml.y;
+      if (tid < D) qs[tid] = ob[tid] / ml.y;
+      __syncthreads();
+      cols_add<D / 8, NCH>(wh, qs, r0, r1, h == 0 ? bo + (size_t)l * C : nullptr, nullptr, xa);
       __syncthreads();
     }
     grid_sync(bar, target, fail);
-    to_shared(og, hs, C);
-    const T* bol = bo + (size_t)l * C;
-    rows_dot<C>(wo + (size_t)l * C * C, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(bol[r]); });
-    grid_sync(bar, target, fail);
-    // cross-attention: query, then partial softmax sums over key blocks, then combined
-    layer_norm(xg, ln2w + l * C, ln2b + l * C, hs, red);
+    // 3. cross-attention's layer norm and query
     const T* bcql = bcq + (size_t)l * C;
+    layer_norm(xa, ln2w + l * C, ln2b + l * C, hs, red);
     rows_dot<C>(wcq + (size_t)l * C * C, hs, C, [&](int r, float y) { cq[r] = y + tof(bcql[r]); });
     grid_sync(bar, target, fail);
+    // 4. cross-attention: partial softmax sums over key blocks
     for (int item = blockIdx.x; item < NPART; item += gridDim.x) {
       const int h = item / WM_NSPLIT, c = item % WM_NSPLIT;
       const int j0 = c * CHUNK, n = min(WM_S, j0 + CHUNK) - j0;
@@ -350,66 +421,53 @@ __device__ void step_impl(
       __syncthreads();
     }
     grid_sync(bar, target, fail);
-#if WM_COMBINE2
-    // each key block's weight exp(m_c - M) / L once per head (one round of loads), then the sums
-    for (int i = tid; i < NPART; i += WM_NT) {
-      cw[i] = __ldcg(pp + (size_t)i * (D + 2));
-      cw[NPART + i] = __ldcg(pp + (size_t)i * (D + 2) + 1);
-    }
-    __syncthreads();
-    for (int i = tid; i < NPART; i += WM_NT) {
-      const int h0 = i - i % WM_NSPLIT;
-      float m = wm_neg_inf();
-      for (int c = 0; c < WM_NSPLIT; c++) m = fmaxf(m, cw[h0 + c]);
-      float lsum = 0.f;
-      for (int c = 0; c < WM_NSPLIT; c++)
-        if (cw[h0 + c] != wm_neg_inf()) lsum += cw[NPART + h0 + c] * expf(cw[h0 + c] - m);
-      cw[2 * NPART + i] = cw[i] == wm_neg_inf() ? 0.f : expf(cw[i] - m) / lsum;
-    }
-    __syncthreads();
-    for (int e = tid; e < C; e += WM_NT) {
-      const int h = e / D, d = e % D;
-      const float* p = pp + (size_t)h * WM_NSPLIT * (D + 2) + 2 + d;
-      float acc = 0.f;
-#pragma unroll
-      for (int c = 0; c < WM_NSPLIT; c++) acc += __ldcg(p + c * (D + 2)) * cw[2 * NPART + h * WM_NSPLIT + c];
-      hs[e] = acc;
-    }
-    __syncthreads();
-#else
-    for (int e = tid; e < C; e += WM_NT) {
-      const int h = e / D, d = e % D;
-      const float* p = pp + (size_t)h * WM_NSPLIT * (D + 2);
-      float m = wm_neg_inf();
-      for (int c = 0; c < WM_NSPLIT; c++) m = fmaxf(m, __ldcg(p + c * (D + 2)));
-      float lsum = 0.f, acc = 0.f;
-      for (int c = 0; c < WM_NSPLIT; c++) {
-        const float mc = __ldcg(p + c * (D + 2));
-        if (mc == wm_neg_inf()) continue;
-        const float w = expf(mc - m);
-        lsum += __ldcg(p + c * (D + 2) + 1) * w;
-        acc += __ldcg(p + c * (D + 2) + 2 + d) * w;
+    // 5. each head's key blocks combined, then its output projection, per (head, row slice);
+    //    the next residual buffer cleared for phase 6
+    for (int i = blockIdx.x * WM_NT + tid; i < C; i += gridDim.x * WM_NT) xb[i] = 0.f;
+    for (int item = blockIdx.x; item < NHEAD_ITEMS; item += gridDim.x) {
+      const int h = item % H, r0 = item / H * C / WM_NSO, r1 = (item / H + 1) * C / WM_NSO;
+      const T* wh = wco + ((size_t)l * H + h) * D * C;
+      if (tid < D) {
+        const float* p = pp + (size_t)h * WM_NSPLIT * (D + 2);
+        float m = wm_neg_inf();
+        for (int c = 0; c < WM_NSPLIT; c++) m = fmaxf(m, __ldcg(p + c * (D + 2)));
+        float lsum = 0.f, acc = 0.f;
+        for (int c = 0; c < WM_NSPLIT; c++) {
+          const float mc = __ldcg(p + c * (D + 2));
+          if (mc == wm_neg_inf()) continue;
+          const float w = expf(mc - m);
+          lsum += __ldcg(p + c * (D + 2) + 1) * w;
+          acc += __ldcg(p + c * (D + 2) + 2 + tid) * w;
+        }
+        qs[tid] = acc / lsum;
       }
-      hs[e] = acc / lsum;
+      __syncthreads();
+      cols_add<D / 8, NCH>(wh, qs, r0, r1, h == 0 ? bco + (size_t)l * C : nullptr, nullptr, xa);
+      __syncthreads();
     }
-    __syncthreads();
-#endif
-    const T* bcol = bco + (size_t)l * C;
-    rows_dot<C>(wco + (size_t)l * C * C, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(bcol[r]); });
     grid_sync(bar, target, fail);
-    // MLP
-    layer_norm(xg, ln3w + l * C, ln3b + l * C, hs, red);
+    // 6. MLP per slice of KB hidden units: up + GELU, then down, added into xb (slice 0 adds x and
+    //    the bias too)
     const T* b1l = b1 + (size_t)l * F;
-    rows_dot<C>(w1 + (size_t)l * F * C, hs, F, [&](int r, float y) { hf[r] = gelu_f(y + tof(b1l[r])); });
-    grid_sync(bar, target, fail);
-    to_shared(hf, hs, F);
     const T* b2l = b2 + (size_t)l * C;
-    rows_dot<F>(w2 + (size_t)l * C * F, hs, C, [&](int r, float y) { xg[r] = __ldcg(xg + r) + y + tof(b2l[r]); });
+    for (int sl = blockIdx.x; sl < WM_NSM; sl += gridDim.x) {
+      const int f0 = sl * KB, n = min(KB, F - f0);
+      const T* w2s = w2 + ((size_t)l * WM_NSM + sl) * KB * C;
+      if (sl == blockIdx.x) layer_norm(xa, ln3w + l * C, ln3b + l * C, hs, red);
+      for (int r = n + tid; r < KB; r += WM_NT) hk[r] = 0.f;
+      block_rows_dot<C, NR>(w1 + ((size_t)l * F + f0) * C, hs, n, [&](int r, float y) { hk[r] = gelu_f(y + tof(b1l[f0 + r])); });
+      __syncthreads();
+      cols_add<KB / 8, (C + WM_NT - 1) / WM_NT>(w2s, hk, 0, C, sl == 0 ? b2l : nullptr, sl == 0 ? xa : nullptr, xb);
+      __syncthreads();
+    }
     grid_sync(bar, target, fail);
+    float* t = xa;
+    xa = xb;
+    xb = t;
   }
 
   // vocabulary: filtered logits folded into per-warp, per-block, then global statistics
-  layer_norm(xg, lnfw, lnfb, hs, red);
+  layer_norm(xa, lnfw, lnfb, hs, red);
   const int n = state[0], last = state[1], penult = state[2], last_ts = state[3];
   const bool use_ts = rules[0] > 0;
   const int ts_begin = rules[1], eot = rules[2], no_ts = rules[3], max_ts = rules[4];
