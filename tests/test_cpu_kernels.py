@@ -260,8 +260,7 @@ def test_greedy_picker_matches_the_numpy_logit_filters(timestamps):
     if timestamps:
         filters.append(apply_timestamp_rules(tok, begin, max_index))
     picker = cpu_kernels.GreedyPicker(
-        n_vocab, suppress, blank,
-        (tok.timestamp_begin, tok.eot, tok.no_timestamps, max_index) if timestamps else None)
+        n_vocab, tok.eot, suppress, blank, (tok.timestamp_begin, tok.no_timestamps, max_index) if timestamps else None)
     rng = np.random.default_rng(0)
     tokens, total = np.array([[tok.sot, tok.sot + 1, tok.sot + 2]]), np.zeros(1)
     seen = set()

@@ -290,16 +290,16 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
 class GreedyPicker:
     """openai-whisper's logit filters and the greedy pick for one sequence, in one C pass over the
     logits (`wm_pick_greedy`) instead of NumPy's several full-vocabulary passes per token.
-    timestamp_rules: (timestamp_begin, eot, no_timestamps, max initial timestamp index or -1),
-    or None when timestamps are off."""
+    timestamp_rules: (timestamp_begin, no_timestamps, max initial timestamp index or -1), or None
+    when timestamps are off (as gpu.greedy takes them)."""
 
-    def __init__(self, n_vocab: int, suppress_ids, blank_ids, timestamp_rules: tuple[int, int, int, int] | None):
+    def __init__(self, n_vocab: int, eot: int, suppress_ids, blank_ids, timestamp_rules: tuple[int, int, int] | None):
         self.suppress = np.zeros(n_vocab, np.uint8)
         self.suppress[list(suppress_ids)] = 1
         self.blank = np.array(list(blank_ids) or [0], np.int32)
         self.n_blank = len(blank_ids)
-        self.rules = np.array([timestamp_rules is not None, *(timestamp_rules or (n_vocab, n_vocab, n_vocab, -1))],
-                              np.int32)
+        ts_begin, no_ts, max_ts = timestamp_rules or (n_vocab, n_vocab, -1)
+        self.rules = np.array([timestamp_rules is not None, ts_begin, eot, no_ts, max_ts], np.int32)
         self.state = np.array([0, -1, -1, -1], np.int32)  # sampled so far, last, penultimate, last timestamp
         self._logprob = np.zeros(1, np.float32)
 

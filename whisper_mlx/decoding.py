@@ -451,18 +451,17 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
 
     suppress_ids = _suppressed(tokenizer, options.suppress_tokens) if options.suppress_tokens else ()
     blank_ids = tuple(tokenizer.encode(" ") + [tokenizer.eot]) if options.suppress_blank else ()
+    timestamp_rules = None if options.without_timestamps else (
+        tokenizer.timestamp_begin, tokenizer.no_timestamps, -1 if max_index is None else max_index)
     if fast:
         tokens, total, no_speech = gpu.greedy(
             model, audio_features, tuple(tokens[0].tolist()), sot_index=sot_index, sample_len=sample_len, eot=tokenizer.eot,
             no_speech=tokenizer.no_speech, suppress_ids=suppress_ids, blank_ids=blank_ids,
-            timestamp_rules=None if options.without_timestamps else (
-                tokenizer.timestamp_begin, tokenizer.no_timestamps, -1 if max_index is None else max_index),
+            timestamp_rules=timestamp_rules,
         )
         sum_logprobs[0], no_speech_probs = total, [no_speech]
     elif isinstance(inference, KernelInference) and beam is None and options.temperature == 0 and len(tokens) == 1:
-        picker = cpu_kernels.GreedyPicker(model.dims.n_vocab, suppress_ids, blank_ids, None if options.without_timestamps
-                                          else (tokenizer.timestamp_begin, tokenizer.eot, tokenizer.no_timestamps,
-                                                -1 if max_index is None else max_index))
+        picker = cpu_kernels.GreedyPicker(model.dims.n_vocab, tokenizer.eot, suppress_ids, blank_ids, timestamp_rules)
         tokens, sum_logprobs[0], no_speech = _picked_greedy(inference, picker, tokens, sot_index, sample_len, n_ctx,
                                                             tokenizer.eot, tokenizer.no_speech)
         no_speech_probs = [no_speech]
