@@ -71,6 +71,29 @@ def test_quantized_round_trip(tiny_en, tmp_path, clips):
     assert wer(clip.text, text) < 25
 
 
+def test_mixed_precision_embedding_round_trip(tiny_en, tmp_path, clips):
+    """A per-module override (the token embedding at 8 bits, the rest at 4) is written under the
+    module's path in config.json, and load_model dequantizes each layer with its own bits."""
+    emb = "decoder.token_embedding"
+    out = convert(tiny_en, tmp_path / "mixed", dtype="float16", q_bits=4, q_group_size=64,
+                  q_overrides={emb: {"bits": 8, "group_size": 64}})
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 64, "bits": 4, emb: {"bits": 8, "group_size": 64}}
+    w = mx.load(str(out / "weights.safetensors"))
+    assert w[f"{emb}.weight"].shape == (51864, 384 * 8 // 32)  # 8-bit packing
+    assert w["decoder.blocks.0.mlp.0.weight"].shape == (1536, 384 * 4 // 32)  # 4-bit packing
+    from whisper_mlx.load import _dequantize
+
+    floats = _dequantize(w, config["quantization"])  # what load_model does on the CPU
+    for stem, bits in ((emb, 8), ("decoder.blocks.0.mlp.0", 4)):
+        expected = mx.dequantize(w[f"{stem}.weight"], w[f"{stem}.scales"], w[f"{stem}.biases"], group_size=64,
+                                 bits=bits)
+        assert mx.array_equal(floats[f"{stem}.weight"], expected).item(), stem
+    clip = clips["en_river"]
+    text = whisper_mlx.transcribe(str(clip.path), path_or_hf_repo=str(out), temperature=0.0, language="en")["text"]
+    assert wer(clip.text, text) < 25
+
+
 def test_8bit_group_32_and_bfloat16(tiny_en, tmp_path):
     out = convert(tiny_en, tmp_path / "q8", q_bits=8, q_group_size=32)
     w = mx.load(str(out / "weights.safetensors"))

@@ -81,6 +81,8 @@ def _edit(path: Path, change) -> None:
         (lambda d: d["dims"].update(n_mels="eighty"), "dims.n_mels"),
         (lambda d: d.update(colour="blue"), "colour"),
         (lambda d: d["variants"][2]["quantization"].update(bits=7), "variants.2.quantization.bits"),
+        (lambda d: d["variants"][3]["quantization"].update(embedding_bits=7),
+         "variants.3.quantization.embedding_bits"),
         (lambda d: d["variants"][0].update(dtype="float8"), "variants.0.dtype"),
         (lambda d: d["sources"][0].update(sha256="not-a-hash"), "sources.0.openai.sha256"),
         (lambda d: d["gates"]["thresholds"].update(max_rtf_ratio=-1), "gates.thresholds.max_rtf_ratio"),
@@ -156,3 +158,11 @@ def test_gate_clips_are_declared_speech_clips():
         assert set(family.gates.clips) <= set(specs), family.family
         languages = {specs[c].language for c in family.gates.clips}
         assert languages == {"en"} if family.language == "en" else len(languages) > 1
+
+
+def test_tiny_en_4bit_keeps_its_embedding_at_8_bits():
+    """tiny.en at 4 bits throughout loops on long audio; its manifest keeps the tied embedding
+    (the output projection too) at 8 bits, which reaches the converter as a per-module override."""
+    by_name = {v.name: v for v in variants()}
+    assert by_name["tiny.en-4bit"].q_overrides == {"decoder.token_embedding": {"bits": 8, "group_size": 64}}
+    assert by_name["tiny.en-8bit"].q_overrides == {} and by_name["tiny.en-fp32"].q_overrides == {}

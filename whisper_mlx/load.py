@@ -58,6 +58,14 @@ def read_weights(model_dir: Path) -> dict[str, mx.array]:
     raise ModelLoadError(f"{model_dir}: no weights.safetensors or weights.npz")
 
 
+def layer_quantization(quant: dict, path: str) -> dict:
+    """A module's bits and group size: its own entry under its path in config.json's
+    "quantization" (mlx-lm's convention for mixed precision), else the model-wide ones."""
+    own = quant.get(path)
+    source = own if isinstance(own, dict) else quant
+    return {"group_size": int(source["group_size"]), "bits": int(source["bits"])}
+
+
 def _dequantize(weights: dict[str, mx.array], quant: dict) -> dict[str, mx.array]:
     """Expand quantized layers to float: on the CPU float matmuls are many times faster."""
     out = {}
@@ -67,11 +75,7 @@ def _dequantize(weights: dict[str, mx.array], quant: dict) -> dict[str, mx.array
             continue
         if leaf == "weight" and stem + ".scales" in weights:
             value = mx.dequantize(
-                value,
-                weights[stem + ".scales"],
-                weights[stem + ".biases"],
-                group_size=quant["group_size"],
-                bits=quant["bits"],
+                value, weights[stem + ".scales"], weights[stem + ".biases"], **layer_quantization(quant, stem)
             )
         out[key] = value
     return out
@@ -101,7 +105,7 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
             model,
             group_size=quant["group_size"],
             bits=quant["bits"],
-            class_predicate=lambda p, m: f"{p}.scales" in weights,
+            class_predicate=lambda p, m: f"{p}.scales" in weights and layer_quantization(quant, p),
         )
     weights = {k: (v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in weights.items()}
     try:

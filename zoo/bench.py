@@ -180,13 +180,22 @@ def _checkpoint(family_name: str):
 
 
 def whisper_mlx_dir(family: str, variant: str, cache: Path = DEFAULT_CACHE) -> Path:
-    """A converted whisper_mlx model directory (fp32, or 4/8-bit from float16), built once."""
-    from zoo.convert import convert
+    """A converted whisper_mlx model directory (fp32, or 4/8-bit from float16) with the recipe the
+    family's manifest publishes (e.g. a mixed-precision embedding), built once per recipe."""
+    from zoo.convert import convert, quantization_config
+    from zoo.manifest import variants
 
     dtype, q_bits = VARIANTS[variant]
+    group_size, overrides = 64, {}
+    for v in variants():
+        if v.name == f"{family}-{variant}":
+            dtype, q_bits, group_size, overrides = v.dtype, v.q_bits, v.q_group_size, v.q_overrides
     out = cache / "models" / f"{family}-{variant}"
-    if not (out / "config.json").is_file():
-        convert(_checkpoint(family), out, dtype=dtype, q_bits=q_bits, name=out.name)
+    want = quantization_config(q_bits, group_size, overrides)
+    config = out / "config.json"
+    if not config.is_file() or json.loads(config.read_text()).get("quantization") != want:
+        convert(_checkpoint(family), out, dtype=dtype, q_bits=q_bits, q_group_size=group_size, name=out.name,
+                q_overrides=overrides)
     return out
 
 

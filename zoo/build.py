@@ -99,9 +99,10 @@ def write_variant(
     """Convert into `target` (an empty dir), gate it, write card, eval.json and checksums.json."""
     from .card import render_card
 
-    model = build_model(ckpt, variant.dtype, variant.q_bits, variant.q_group_size)
+    model = build_model(ckpt, variant.dtype, variant.q_bits, variant.q_group_size, variant.q_overrides)
     config = model_config(
-        ckpt, variant.dtype, variant.q_bits, variant.q_group_size, variant.name, {"repo_id": variant.repo_id}
+        ckpt, variant.dtype, variant.q_bits, variant.q_group_size, variant.name, {"repo_id": variant.repo_id},
+        variant.q_overrides,
     )
     write_model_dir(model, config, target)
     del model

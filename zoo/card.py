@@ -31,7 +31,9 @@ def tags(variant: Variant) -> list[str]:
 
 def precision(variant: Variant) -> str:
     if variant.q_bits:
-        return f"{variant.q_bits}-bit quantized weights (group size {variant.q_group_size}), {variant.dtype} activations"
+        own = "".join(f", {path} at {q['bits']} bits" for path, q in variant.q_overrides.items())
+        return (f"{variant.q_bits}-bit quantized weights (group size {variant.q_group_size}{own}), "
+                f"{variant.dtype} activations")
     return f"{variant.dtype} weights"
 
 

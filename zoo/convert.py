@@ -54,30 +54,42 @@ def mlx_weights(ckpt: Checkpoint, dtype: str) -> dict[str, mx.array]:
     return out
 
 
-def build_model(ckpt: Checkpoint, dtype: str, q_bits: int | None = None, q_group_size: int = 64) -> Whisper:
-    """A `Whisper` holding the checkpoint's weights (strict load), quantized when q_bits is set."""
+def build_model(ckpt: Checkpoint, dtype: str, q_bits: int | None = None, q_group_size: int = 64,
+                q_overrides: dict[str, dict] | None = None) -> Whisper:
+    """A `Whisper` holding the checkpoint's weights (strict load), quantized when q_bits is set;
+    q_overrides maps a module path (e.g. "decoder.token_embedding") to its own bits/group_size."""
     model = Whisper(ModelDimensions(**{k: int(ckpt.dims[k]) for k in DIM_FIELDS}))
     model.load_weights(list(mlx_weights(ckpt, dtype).items()), strict=True)
     if q_bits is not None:
-        nn.quantize(
-            model,
-            group_size=q_group_size,
-            bits=q_bits,
-            class_predicate=lambda _, m: isinstance(m, (nn.Linear, nn.Embedding))
-            and m.weight.shape[-1] % q_group_size == 0,
-        )
+        overrides = q_overrides or {}
+
+        def params(path: str, m: nn.Module) -> bool | dict:
+            own = {"bits": q_bits, "group_size": q_group_size, **overrides.get(path, {})}
+            if not isinstance(m, (nn.Linear, nn.Embedding)) or m.weight.shape[-1] % own["group_size"]:
+                return False
+            return own
+
+        nn.quantize(model, group_size=q_group_size, bits=q_bits, class_predicate=params)
     return model
 
 
+def quantization_config(q_bits: int | None, q_group_size: int, q_overrides: dict[str, dict] | None) -> dict | None:
+    """config.json's "quantization": model-wide bits and group size, any per-module overrides under
+    their paths (mlx-lm's convention); None for float weights."""
+    return {"group_size": q_group_size, "bits": q_bits, **(q_overrides or {})} if q_bits is not None else None
+
+
 def model_config(
-    ckpt: Checkpoint, dtype: str, q_bits: int | None, q_group_size: int, name: str | None, extra: dict | None
+    ckpt: Checkpoint, dtype: str, q_bits: int | None, q_group_size: int, name: str | None, extra: dict | None,
+    q_overrides: dict[str, dict] | None = None,
 ) -> dict:
-    """config.json contents: flat dims, alignment heads, dtype, quantization, name, converter version."""
+    """config.json contents: flat dims, alignment heads, dtype, quantization (with any per-module
+    overrides under their paths, as mlx-lm writes them), name, converter version."""
     config: dict = {"model_type": "whisper"}
     config.update({k: int(ckpt.dims[k]) for k in DIM_FIELDS})
     config["alignment_heads"] = ckpt.alignment_heads
     config["dtype"] = dtype
-    config["quantization"] = {"group_size": q_group_size, "bits": q_bits} if q_bits is not None else None
+    config["quantization"] = quantization_config(q_bits, q_group_size, q_overrides)
     config["name"] = name
     config["converter_version"] = CONVERTER_VERSION
     config.update(extra or {})
@@ -120,12 +132,13 @@ def convert(
     q_group_size: int = 64,
     name: str | None = None,
     extra_config: dict | None = None,
+    q_overrides: dict[str, dict] | None = None,
 ) -> Path:
     """Write `ckpt` as a model directory at `out_dir` (atomically); returns `out_dir`."""
     check_params(dtype, q_bits, q_group_size)
     out_dir = Path(out_dir)
-    model = build_model(ckpt, dtype, q_bits, q_group_size)
-    config = model_config(ckpt, dtype, q_bits, q_group_size, name, extra_config)
+    model = build_model(ckpt, dtype, q_bits, q_group_size, q_overrides)
+    config = model_config(ckpt, dtype, q_bits, q_group_size, name, extra_config, q_overrides)
     with atomic_dir(out_dir) as tmp:
         write_model_dir(model, config, tmp)
     return out_dir

@@ -113,6 +113,15 @@ class Quantization(BaseModel):
     model_config = _STRICT
     bits: Literal[2, 3, 4, 5, 6, 8]
     group_size: Literal[32, 64, 128] = 64
+    # the token embedding (also the decoder's output projection) at its own precision: at 4 bits
+    # throughout, tiny.en loops on long audio
+    embedding_bits: Literal[2, 3, 4, 5, 6, 8] | None = None
+
+    def overrides(self) -> dict[str, dict]:
+        """Per-module quantization (module path -> bits and group size), as config.json stores it."""
+        if self.embedding_bits is None:
+            return {}
+        return {"decoder.token_embedding": {"bits": self.embedding_bits, "group_size": self.group_size}}
 
 
 class VariantSpec(BaseModel):
@@ -170,6 +179,7 @@ class Variant:
     dtype: str
     q_bits: int | None
     q_group_size: int
+    q_overrides: dict[str, dict]  # module path -> its own bits / group_size
     repo_id: str
     thresholds: Thresholds
     manifest_path: Path
@@ -259,6 +269,7 @@ def variants(manifests_dir: Path | str | None = None) -> list[Variant]:
                     dtype=spec.dtype,
                     q_bits=spec.quantization.bits if spec.quantization else None,
                     q_group_size=spec.quantization.group_size if spec.quantization else 64,
+                    q_overrides=spec.quantization.overrides() if spec.quantization else {},
                     repo_id=f"{hub_org(family)}/{_repo_name(family, spec)}",
                     thresholds=thresholds,
                     manifest_path=family.path,
