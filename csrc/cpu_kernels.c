@@ -547,6 +547,18 @@ static void step_thread(step_job *job, int k) {
     dots(&logits, v0, v1);
 }
 
+/* Start threads 1..n-1 on fn, thread i with args[i] = {job, i}; stops at the first that cannot
+ * start. Returns how many started (the caller runs share 0 and joins threads[0..started)). */
+static int start_workers(void *(*fn)(void *), void *job, int n, pthread_t *threads, void *(*args)[2]) {
+    int started = 0;
+    for (int i = 1; i < n; i++) {
+        args[i][0] = job, args[i][1] = (void *)(intptr_t)i;
+        if (pthread_create(&threads[started], NULL, fn, args[i]) != 0) break;
+        started++;
+    }
+    return started;
+}
+
 static void *step_worker(void *arg) {
     step_job *job = ((step_job **)arg)[0];
     for (int spins = 0; !__atomic_load_n(&job->go, __ATOMIC_ACQUIRE); spins++)
@@ -587,12 +599,7 @@ int wm_decode_tokens(const float *const *params, float *const *caches, int n_lay
     if (blas_threads > 1) blas_set_threads(1);
     pthread_t threads[64];
     void *args[64][2];
-    int started = 0;
-    for (int i = 1; i < n_threads; i++) {
-        args[i][0] = &job, args[i][1] = (void *)(intptr_t)i;
-        if (pthread_create(&threads[started], NULL, step_worker, args[i]) != 0) break;
-        started++;
-    }
+    int started = start_workers(step_worker, &job, n_threads, threads, args);
     job.n_threads = started + 1;
     __atomic_store_n(&job.go, 1, __ATOMIC_RELEASE);
     step_thread(&job, 0);
@@ -635,12 +642,7 @@ static void bias_gelu(float *y, const float *b, int rows, int cols, int n_thread
     bias_gelu_job job = {y, b, rows, cols, n_threads};
     pthread_t threads[64];
     void *args[64][2];
-    int started = 0;
-    for (int i = 1; i < n_threads; i++) {
-        args[i][0] = &job, args[i][1] = (void *)(intptr_t)i;
-        if (pthread_create(&threads[started], NULL, bias_gelu_worker, args[i]) != 0) break;
-        started++;
-    }
+    int started = start_workers(bias_gelu_worker, &job, n_threads, threads, args);
     int r_main = (int)((long)rows / n_threads); /* thread 0's share: rows [0, rows / n_threads) */
     bias_gelu_rows(y, b, cols, 0, r_main);
     for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
