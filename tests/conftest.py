@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import whisper_mlx  # noqa: F401  (before any test module imports mlx.core: loads OpenBLAS and the C kernels)
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("WHISPER_MLX_TEST_CACHE", ROOT / ".cache" / "tests"))
