@@ -430,12 +430,14 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
             for f, lang, p in zip(audio_features, languages, language_probs)
         ]
 
+    suppress_ids = _suppressed(tokenizer, options.suppress_tokens) if options.suppress_tokens else ()
+    blank_ids = tuple(tokenizer.encode(" ") + [tokenizer.eot]) if options.suppress_blank else ()
     filters: list[LogitFilter] = []
     max_index = None
     if options.suppress_blank:
         filters.append(suppress_blank(tokenizer, sample_begin))
     if options.suppress_tokens:
-        filters.append(suppress_tokens(_suppressed(tokenizer, options.suppress_tokens)))
+        filters.append(suppress_tokens(suppress_ids))
     if not options.without_timestamps:
         precision = CHUNK_LENGTH / model.dims.n_audio_ctx
         max_index = round(options.max_initial_timestamp / precision) if options.max_initial_timestamp else None
@@ -449,8 +451,6 @@ def _run(model: Whisper, mel: mx.array, options: DecodingOptions) -> list[Decodi
     sum_logprobs = np.zeros(tokens.shape[0], dtype=np.float64)
     no_speech_probs = [np.nan] * tokens.shape[0]
 
-    suppress_ids = _suppressed(tokenizer, options.suppress_tokens) if options.suppress_tokens else ()
-    blank_ids = tuple(tokenizer.encode(" ") + [tokenizer.eot]) if options.suppress_blank else ()
     timestamp_rules = None if options.without_timestamps else (
         tokenizer.timestamp_begin, tokenizer.no_timestamps, -1 if max_index is None else max_index)
     if fast:
