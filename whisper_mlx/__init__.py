@@ -1,6 +1,6 @@
 """OpenAI Whisper on MLX: transcription with word timestamps, on Apple silicon, CPUs and CUDA GPUs."""
 
-from . import backend  # noqa: F401  (first: picks an optimized BLAS before mlx.core loads)
+from . import runtime  # noqa: F401  (first: picks an optimized BLAS before mlx.core loads)
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .load import ModelLoadError, load_model
 from .transcribe import transcribe

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__, backend
+from . import __version__, runtime
 from .audio import AudioError
 from .load import ModelLoadError, load_model
 from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE
@@ -51,13 +51,13 @@ def default_model() -> str:
 
 def version_line() -> str:
     """Package version and what it computes on."""
-    info = backend.report()
+    info = runtime.report()
     return f"{PROG} {__version__} (mlx {info['mlx']}, device {info['device']}, BLAS {info['blas']})"
 
 
 def doctor() -> str:
     """`whisper-mlx doctor`: the runtime's backend report, one `key: value` per line."""
-    return "\n".join(f"{key}: {value}" for key, value in backend.report().items())
+    return "\n".join(f"{key}: {value}" for key, value in runtime.report().items())
 
 
 class _Version(argparse.Action):
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "device", choices=["cpu", "gpu"], default=None, help="MLX device (default: the GPU where there is one)")
     _add(p, "dtype", choices=["float16", "float32", "bfloat16"], default=None,
          help="compute dtype (default: float32 on the CPU, the stored dtype on a GPU)")
+    _add(p, "backend", choices=["mlx", "cpu", "cuda"], default=None,
+         help="decoding backend (default: chosen for this machine, see `whisper-mlx doctor`; also WHISPER_MLX_BACKEND)")
     _add(p, "debug", action="store_true", help="print tracebacks for errors")
 
     _add(p, "task", default="transcribe", choices=["transcribe", "translate"],
@@ -175,18 +177,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.pop("debug")
     model_name, output_dir = args.pop("model"), args.pop("output_dir")
     output_format, device, dtype = args.pop("output_format"), args.pop("device"), args.pop("dtype")
+    backend = args.pop("backend")
 
     try:
-        backend.set_device(device)
+        runtime.set_device(device)
     except (RuntimeError, ValueError) as e:
         print(f"{PROG}: error: --device {device}: {e}", file=sys.stderr)
         return 2
     try:
         os.makedirs(output_dir, exist_ok=True)
-        model = load_model(model_name, dtype=dtype)
+        model = load_model(model_name, dtype=dtype, backend=backend)
     except (ModelLoadError, OSError) as e:
         _fail(model_name if not isinstance(e, OSError) else output_dir, e, debug)
         return 1
+    except ValueError as e:  # a backend that cannot run this model here
+        print(f"{PROG}: error: --backend {backend}: {e}", file=sys.stderr)
+        return 2
 
     if args["language"] is not None:
         args["language"] = TO_LANGUAGE_CODE.get(args["language"].lower(), args["language"])

@@ -216,24 +216,20 @@ class DecoderKernel:
     n_vocab: int
 
 
-def decoder_kernel(blocks: list, n_head: int, positional_embedding, ln, embedding16: np.ndarray) -> DecoderKernel:
-    """The C decoder's view of a text decoder whose weight matrices (FLOAT16_PARAMS) are float16
-    and other parameters float32 (TextDecoder.prepare_cpu arranges this)."""
-    from mlx.utils import tree_flatten
-
-    arrays = []
-    for block in blocks:
-        params = dict(tree_flatten(block.parameters()))
-        arrays.extend(params[name] for name in LAYER_PARAMS)
-    arrays += [positional_embedding, ln.weight, ln.bias]
-    dtypes = [np.float16 if name in FLOAT16_PARAMS else np.float32 for _ in blocks for name in LAYER_PARAMS]
+def decoder_kernel(layers: list[dict], n_head: int, positional_embedding, ln_weight, ln_bias,
+                   embedding16: np.ndarray) -> DecoderKernel:
+    """The C decoder's view of a text decoder's parameters: `layers` maps each layer's parameter
+    names (openai/whisper's) to arrays, the FLOAT16_PARAMS float16 and the rest float32."""
+    arrays = [layer[name] for layer in layers for name in LAYER_PARAMS]
+    arrays += [positional_embedding, ln_weight, ln_bias]
+    dtypes = [np.float16 if name in FLOAT16_PARAMS else np.float32 for _ in layers for name in LAYER_PARAMS]
     _, views = _evaluated(*arrays, dtypes=dtypes + [np.float32] * 3)
     views.append(embedding16)
     n_ctx, n_state = views[-4].shape
-    cross = [w for block in blocks for w in (block.cross_attn.key.weight, block.cross_attn.value.weight,
-                                             block.cross_attn.value.bias)]
+    cross = [layer[name] for layer in layers
+             for name in ("cross_attn.key.weight", "cross_attn.value.weight", "cross_attn.value.bias")]
     _, cross_views = _evaluated(*cross)
-    return DecoderKernel(tuple(views + cross_views), _pointers(views), _pointers(cross_views), len(blocks),
+    return DecoderKernel(tuple(views + cross_views), _pointers(views), _pointers(cross_views), len(layers),
                          n_state, n_head, n_ctx, embedding16.shape[0])
 
 
@@ -244,6 +240,10 @@ class DecoderCache:
     n_audio_ctx) by one C call (`wm_cross_kv`), so each head's block streams contiguously."""
 
     def __init__(self, kernel: DecoderKernel, audio_features, batch: int):
+        import mlx.core as mx
+
+        if audio_features.shape[0] != batch:  # interim: cross keys/values per row
+            audio_features = mx.repeat(audio_features, batch // audio_features.shape[0], axis=0)
         shape = (kernel.n_layer, batch, kernel.n_ctx, kernel.n_state)
         self.self_k, self.self_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
         _, (xa,) = _evaluated(audio_features)
@@ -258,12 +258,15 @@ class DecoderCache:
              for a in (self.self_k[layer], self.self_v[layer], self.cross[0, layer, 0], self.cross[0, layer, 1])]
         )
         self.offset = 0
+        self.rows = batch
 
     def rearrange(self, source_indices: list[int]) -> None:
         """Reorder the batch rows (beam search keeps the best continuations)."""
         idx, n = np.asarray(source_indices), self.offset
-        self.self_k[:, :, :n] = self.self_k[:, idx, :n]
-        self.self_v[:, :, :n] = self.self_v[:, idx, :n]
+        self.self_k[:, : len(idx), :n] = self.self_k[:, idx, :n]
+        self.self_v[:, : len(idx), :n] = self.self_v[:, idx, :n]
+        self.cross[: len(idx)] = self.cross[idx]
+        self.rows = len(idx)
 
 
 def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray, rows: list[int]) -> np.ndarray:
@@ -312,3 +315,16 @@ class GreedyPicker:
         n, last, _, last_ts = self.state
         self.state[:] = (n + 1, token, last, token if token >= self.rules[1] else last_ts)
         return int(token), float(self._logprob[0])
+
+
+def pick(logits: np.ndarray, state: np.ndarray, rules_packed: np.ndarray, suppress_mask: np.ndarray,
+         blank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Interim: the NumPy reference picker (the C one replaces it)."""
+    from .logit_rules import LogitRules, pick_numpy
+
+    on, ts_begin, eot, no_ts, max_ts = (int(v) for v in rules_packed)
+    rules = LogitRules(n_vocab=logits.shape[1], eot=eot, sample_begin=0,
+                       suppress=tuple(np.nonzero(suppress_mask)[0].tolist()), blank=tuple(blank.tolist()),
+                       timestamps=bool(on), timestamp_begin=ts_begin, no_timestamps=no_ts,
+                       max_initial_timestamp=None if max_ts < 0 else max_ts)
+    return pick_numpy(rules, logits, state, k)

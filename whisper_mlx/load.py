@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import backend
+from . import backends, runtime
 from .model import ModelDimensions, Whisper
 from .tokenizer import get_encoding
 
@@ -81,12 +81,22 @@ def _dequantize(weights: dict[str, mx.array], quant: dict) -> dict[str, mx.array
     return out
 
 
-def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None, revision: str | None = None) -> Whisper:
+def load_model(
+    path_or_hf_repo: str | Path,
+    dtype: mx.Dtype | str | None = None,
+    revision: str | None = None,
+    backend: str | None = None,
+) -> Whisper:
     """Load a model from a directory, Hub repo id or zoo short name.
 
     dtype: compute dtype; by default float32 on the CPU (fast there, and dequantizes quantized
     weights) and the stored dtype on a GPU (quantized layers stay quantized).
+    backend: the decoding backend ("mlx", "cpu", "cuda"); by default the rule of
+    `whisper_mlx.backends` (also WHISPER_MLX_BACKEND). The model itself is plain model.py; what a
+    backend prepares from it lives in the backend.
     """
+    if backend is not None and backend not in backends.NAMES:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(backends.NAMES)}")
     model_dir = resolve(path_or_hf_repo, revision=revision)
     config, dims = read_config(model_dir)
     weights = read_weights(model_dir)
@@ -94,8 +104,8 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
     if isinstance(dtype, str):
         dtype = _DTYPES[dtype]
     if dtype is None:
-        dtype = mx.float32 if backend.on_cpu() else _DTYPES.get(config.get("dtype", "float16"), mx.float16)
-    if quant and backend.on_cpu():
+        dtype = mx.float32 if runtime.on_cpu() else _DTYPES.get(config.get("dtype", "float16"), mx.float16)
+    if quant and runtime.on_cpu():
         weights = _dequantize(weights, quant)
         quant = None
 
@@ -117,9 +127,7 @@ def load_model(path_or_hf_repo: str | Path, dtype: mx.Dtype | str | None = None,
         model.alignment_heads = [(int(layer), int(head)) for layer, head in heads]
     model.eval()
     mx.eval(model.parameters())
-    if not quant and backend.on_cpu():
-        model.encoder.prepare_cpu()
-        model.decoder.prepare_cpu()
+    backends.attach(model, backend)
     # the model's vocabulary is part of loading it (as faster-whisper's model loads its tokenizer),
     # not of the first transcription
     get_encoding(name="multilingual" if model.is_multilingual else "gpt2", num_languages=model.num_languages)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from . import backend, gpu
+from .backends import backend_for
 from .audio import HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
 from .model import Whisper
 from .tokenizer import Tokenizer
@@ -111,20 +111,11 @@ def find_alignment(
         return []
     tokens = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
     if audio_features is None:
-        audio_features = model.embed_audio(mel[None])
-    logits, qks = model.decoder.alignment_qk(mx.array([tokens]), audio_features, model.alignment_heads)
+        audio_features = backend_for(model).encode(mel[None])
     start = len(tokenizer.sot_sequence)
-    if backend.on_cpu():
-        sampled = np.array(logits[0, start:, : tokenizer.eot], dtype=np.float32)
-        token_probs = _softmax(sampled)
-        text_token_probs = token_probs[np.arange(len(text_tokens)), text_tokens].tolist()
-    else:
-        # only the text tokens' probabilities leave the GPU, not (T, n_vocab) logits
-        rows = logits[0, start : start + len(text_tokens), : tokenizer.eot]
-        picked = mx.take_along_axis(rows, mx.array(text_tokens)[:, None], axis=-1)[:, 0]
-        text_token_probs = np.array(mx.exp(picked - gpu._logsumexp(rows))).tolist()
-
-    weights = np.array(mx.stack([qk[0] for qk in qks]).astype(mx.float32))  # (heads, T, S), one transfer
+    text = slice(start + 1, start + 1 + len(text_tokens))
+    weights, probs = backend_for(model).alignment(tokens, audio_features, model.alignment_heads, text, tokenizer.eot)
+    text_token_probs = probs.tolist()
     weights = weights[:, :, : num_frames // 2]
     weights = _softmax(weights * qk_scale)
     mean = weights.mean(axis=-2, keepdims=True)

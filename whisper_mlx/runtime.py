@@ -1,4 +1,4 @@
-"""Pick MLX's compute backend before `mlx.core` is imported.
+"""Set up MLX before `mlx.core` is imported: the BLAS it links on Linux, the device.
 
 On Linux the `mlx-cpu` wheel links the reference (netlib) BLAS, ~25x slower than an optimized
 one. Loading OpenBLAS with RTLD_GLOBAL before MLX resolves `cblas_sgemm` makes MLX use it;
@@ -87,10 +87,15 @@ def on_cpu() -> bool:
 
 
 def report() -> dict:
-    """What the runtime runs on: MLX version, device, BLAS, platform (for `whisper-mlx doctor`)."""
+    """What the runtime runs on: MLX version, device, decoding backend and why, BLAS, platform
+    (for `whisper-mlx doctor`)."""
+    from .backends import default_name
+
+    name, why = default_name()
     return {
         "mlx": mx.__version__,
         "device": "gpu" if not on_cpu() else "cpu",
+        "backend": f"{name} ({why})",
         "gpu_available": bool(mx.is_available(mx.gpu)),
         "blas": BLAS,
         "cpu_kernels": str(cpu_kernels.library_path()) if cpu_kernels.available() else "not loaded (MLX's own)",
