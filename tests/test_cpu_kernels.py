@@ -12,7 +12,7 @@ import whisper_mlx  # noqa: I001  (first: loads the kernels and OpenBLAS before 
 import mlx.core as mx
 import numpy as np
 import pytest
-from whisper_mlx import backend, cpu_kernels
+from whisper_mlx import runtime, cpu_kernels
 from whisper_mlx.model import gelu
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C kernels are built on Linux only")
@@ -86,7 +86,7 @@ def test_one_row_products_go_to_gemv_and_stay_exact(transpose_x, transpose_w):
 
 
 def test_doctor_reports_the_kernels():
-    assert backend.report()["cpu_kernels"].endswith(cpu_kernels.library_path().name)
+    assert runtime.report()["cpu_kernels"].endswith(cpu_kernels.library_path().name)
 
 
 ENCODE = """

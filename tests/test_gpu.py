@@ -16,7 +16,7 @@ from mlx.utils import tree_flatten
 
 import whisper_mlx
 from conftest import CACHE, _model_dir
-from whisper_mlx import backend
+from whisper_mlx import runtime
 from zoo.gates import corpus_wer
 
 pytestmark = [
@@ -39,7 +39,7 @@ def _words(result: dict) -> list[dict]:
 
 
 def _run(device: str, model_dir, paths, dtype=None) -> list[dict]:
-    backend.set_device(device)
+    runtime.set_device(device)
     model = whisper_mlx.load_model(model_dir, dtype=dtype)
     return [whisper_mlx.transcribe(str(p), model=model, **OPTIONS) for p in paths]
 
@@ -91,20 +91,20 @@ def cpu_reference(request, parity_paths):
 
 
 def test_gpu_is_the_default_and_reported():
-    assert backend.set_device(None) == "gpu"
-    assert not backend.on_cpu()
-    info = backend.report()
+    assert runtime.set_device(None) == "gpu"
+    assert not runtime.on_cpu()
+    info = runtime.report()
     assert info["device"] == "gpu" and info["gpu_available"] is True
 
 
 def test_gpu_keeps_stored_dtype_and_quantized_layers():
     fp16_dir, q4_dir = _model_dir("tiny.en", "float16"), _model_dir("tiny.en", "float16", q_bits=4)
-    backend.set_device("gpu")
+    runtime.set_device("gpu")
     gpu16 = whisper_mlx.load_model(fp16_dir)
     assert {p.dtype for _, p in tree_flatten(gpu16.parameters())} == {mx.float16}
     gpu_q = whisper_mlx.load_model(q4_dir)
     assert any(isinstance(m, nn.QuantizedLinear) for _, m in gpu_q.named_modules())
-    backend.set_device("cpu")
+    runtime.set_device("cpu")
     cpu_q = whisper_mlx.load_model(q4_dir)
     assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in cpu_q.named_modules())
     assert {p.dtype for _, p in tree_flatten(cpu_q.parameters())} == {mx.float32}
@@ -138,7 +138,7 @@ def _reference_margin(family: str, path, seek: int, before: list[int], prefix: l
     from whisper_mlx.decoding import Inference, log_softmax
     from whisper_mlx.tokenizer import get_tokenizer
 
-    backend.set_device("cpu")
+    runtime.set_device("cpu")
     model = whisper_mlx.load_model(_model_dir(family, "float32"))
     mel = load_mel(str(path), model.dims.n_mels)
     size = min(N_FRAMES, mel.content_frames - seek)

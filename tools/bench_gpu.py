@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the results as JSON here and a Markdown table beside it")
     args = p.parse_args(argv)
 
-    from whisper_mlx import backend
+    from whisper_mlx import runtime
     from whisper_mlx.model import ModelDimensions
 
-    device = backend.set_device(args.device)
-    report = bench_gpu.Report(device=device, facts=backend.report())
+    device = runtime.set_device(args.device)
+    report = bench_gpu.Report(device=device, facts=runtime.report())
     with_torch = not args.no_torch
     bw = bench_gpu.mlx_copy_bandwidth()
     report.facts["mlx_copy_GBps"] = round(bw)

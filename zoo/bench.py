@@ -245,7 +245,7 @@ def mlx_whisper_dir(family: str, cache: Path = DEFAULT_CACHE) -> Path:
     out = cache / "models" / f"{family}-mlx-whisper"
     if (out / "weights.safetensors").is_file():
         return out
-    from whisper_mlx import backend  # noqa: F401  (before mlx.core)
+    from whisper_mlx import runtime  # noqa: F401  (before mlx.core)
 
     import mlx.core as mx
 
@@ -543,7 +543,7 @@ def _child(spec: dict) -> dict:
         t2 = time.perf_counter()
         text = m.transcribe(audio, fp16=False, temperature=0.0, condition_on_previous_text=True)["text"]
     elif system == "mlx-whisper":
-        from whisper_mlx import backend  # noqa: F401  (the same OpenBLAS as whisper_mlx)
+        from whisper_mlx import runtime  # noqa: F401  (the same OpenBLAS as whisper_mlx)
 
         import mlx.core as mx
         import mlx_whisper

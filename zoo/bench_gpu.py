@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from whisper_mlx import backend  # noqa: F401  (before mlx.core)
+from whisper_mlx import runtime  # noqa: F401  (before mlx.core)
 
 import mlx.core as mx
 import numpy as np

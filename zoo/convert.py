@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from whisper_mlx import backend  # noqa: F401  (before mlx.core: optimized BLAS)
+from whisper_mlx import runtime  # noqa: F401  (before mlx.core: optimized BLAS)
 
 import mlx.core as mx
 import mlx.nn as nn

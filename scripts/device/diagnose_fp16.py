@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import whisper_mlx  # noqa: E402
 import whisper_mlx.model as wm  # noqa: E402
 from conftest import CACHE  # noqa: E402
-from whisper_mlx import backend  # noqa: E402
+from whisper_mlx import runtime  # noqa: E402
 from whisper_mlx.audio import load_audio, log_mel_spectrogram, pad_or_trim  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def err(a, b) -> str:
     return f"rel {rel:.2e} nonfinite {bad} max|ref| {np.abs(b).max():.3g}"
 
 
-backend.set_device(sys.argv[1] if len(sys.argv) > 1 else "gpu")
+runtime.set_device(sys.argv[1] if len(sys.argv) > 1 else "gpu")
 mx.random.seed(0)
 x = mx.random.normal((1, 1500, 1536)) * 3
 print("gelu (compiled rational)   ", err(wm.gelu(x.astype(mx.float16)), nn.gelu(x)))
@@ -83,7 +83,7 @@ def text(label: str) -> None:
 
 
 text("as is")
-orig_gelu, orig_on_cpu, orig_mask = wm.gelu, backend.on_cpu, wm.causal_mask
+orig_gelu, orig_on_cpu, orig_mask = wm.gelu, runtime.on_cpu, wm.causal_mask
 wm.gelu = nn.gelu
 text("gelu = nn.gelu")
 wm.gelu = orig_gelu
@@ -91,6 +91,6 @@ wm.causal_mask = lambda t, o, d: orig_mask(t, o, mx.float32).astype(d) * 0 + mx.
     mx.arange(o + t)[None, :] > mx.arange(t)[:, None] + o, mx.array(-6e4, d), mx.array(0, d))
 text("mask -6e4 instead of -inf")
 wm.causal_mask = orig_mask
-wm.backend.on_cpu = lambda: True  # the encoder's base-2 attention; decoder unaffected
+wm.runtime.on_cpu = lambda: True  # the encoder's base-2 attention; decoder unaffected
 text("encoder base-2 attention")
-wm.backend.on_cpu = orig_on_cpu
+wm.runtime.on_cpu = orig_on_cpu

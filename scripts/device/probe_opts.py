@@ -9,9 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from whisper_mlx import backend  # noqa: E402
+from whisper_mlx import runtime  # noqa: E402
 
-backend.set_device("gpu")
+runtime.set_device("gpu")
 
 import mlx.core as mx  # noqa: E402
 

@@ -92,7 +92,7 @@ def dims_from_config(config: dict) -> dict[str, int]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from whisper_mlx import backend  # noqa: F401  (BLAS preload before mlx.core)
+    from whisper_mlx import runtime  # noqa: F401  (BLAS preload before mlx.core)
     import mlx.core as mx
 
     try:
