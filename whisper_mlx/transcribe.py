@@ -110,6 +110,62 @@ def transcribe(
         )
 
 
+def needs_fallback(result: DecodingResult, compression_ratio_threshold: float | None, logprob_threshold: float | None,
+                   no_speech_threshold: float | None) -> bool:
+    """Whether a window's result should be decoded again at the next temperature: too
+    repetitive or too unlikely, unless it is silence (openai-whisper's rule)."""
+    if (
+        no_speech_threshold is not None
+        and result.no_speech_prob > no_speech_threshold
+        and logprob_threshold is not None
+        and result.avg_logprob < logprob_threshold
+    ):
+        return False  # silence
+    if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+        return True  # too repetitive
+    return logprob_threshold is not None and result.avg_logprob < logprob_threshold  # too unlikely
+
+
+def decode_options_at(decode_options: dict, t: float) -> DecodingOptions:
+    """The options of one temperature: beam search at 0, best-of sampling above."""
+    kwargs = {**decode_options}
+    if t > 0:
+        kwargs.pop("beam_size", None)
+        kwargs.pop("patience", None)
+    else:
+        kwargs.pop("best_of", None)
+    return DecodingOptions(**kwargs, temperature=t)
+
+
+def split_segments(tokens: np.ndarray, timestamp_begin: int, time_offset: float, segment_duration: float,
+                   time_precision: float) -> tuple[list[tuple[float, float, np.ndarray]], bool, int | None]:
+    """One window's tokens as segments (start, end, tokens), cut at consecutive timestamp pairs
+    (openai-whisper's rule); whether the tokens end with a single timestamp; and the timestamp
+    index (output positions from the window's start) where the next window should start, or None
+    when the window was used whole."""
+    is_ts = tokens >= timestamp_begin
+    single_timestamp_ending = is_ts[-2:].tolist() == [False, True]
+    consecutive = np.nonzero(is_ts[:-1] & is_ts[1:])[0] + 1
+    if len(consecutive) == 0:
+        duration = segment_duration
+        timestamps = tokens[is_ts]
+        if len(timestamps) > 0 and int(timestamps[-1]) != timestamp_begin:
+            duration = (int(timestamps[-1]) - timestamp_begin) * time_precision
+        return [(time_offset, time_offset + duration, tokens)], single_timestamp_ending, None
+    slices = consecutive.tolist()
+    if single_timestamp_ending:
+        slices.append(len(tokens))
+    segments, last_slice = [], 0
+    for current_slice in slices:
+        sliced = tokens[last_slice:current_slice]
+        start_pos = int(sliced[0]) - timestamp_begin
+        end_pos = int(sliced[-1]) - timestamp_begin
+        segments.append((time_offset + start_pos * time_precision, time_offset + end_pos * time_precision, sliced))
+        last_slice = current_slice
+    next_position = None if single_timestamp_ending else int(tokens[last_slice - 1]) - timestamp_begin
+    return segments, single_timestamp_ending, next_position
+
+
 def _decode_with_fallback(model, audio_features, decode_options, temperature, compression_ratio_threshold,
                           logprob_threshold, no_speech_threshold) -> DecodingResult:
     """Decode one window's features at each temperature in turn until the result passes the
@@ -117,26 +173,8 @@ def _decode_with_fallback(model, audio_features, decode_options, temperature, co
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
     result = None
     for t in temperatures:
-        kwargs = {**decode_options}
-        if t > 0:
-            kwargs.pop("beam_size", None)
-            kwargs.pop("patience", None)
-        else:
-            kwargs.pop("best_of", None)
-        result = decode(model, audio_features, DecodingOptions(**kwargs, temperature=t))
-        needs_fallback = False
-        if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
-            needs_fallback = True  # too repetitive
-        if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
-            needs_fallback = True  # too unlikely
-        if (
-            no_speech_threshold is not None
-            and result.no_speech_prob > no_speech_threshold
-            and logprob_threshold is not None
-            and result.avg_logprob < logprob_threshold
-        ):
-            needs_fallback = False  # silence
-        if not needs_fallback:
+        result = decode(model, audio_features, decode_options_at(decode_options, t))
+        if not needs_fallback(result, compression_ratio_threshold, logprob_threshold, no_speech_threshold):
             break
     return result
 
@@ -283,39 +321,10 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
                     continue
 
             previous_seek = seek
-            current_segments: list[dict] = []
-            is_ts = tokens >= tokenizer.timestamp_begin
-            single_timestamp_ending = is_ts[-2:].tolist() == [False, True]
-            consecutive = np.nonzero(is_ts[:-1] & is_ts[1:])[0] + 1
-            if len(consecutive) > 0:
-                slices = consecutive.tolist()
-                if single_timestamp_ending:
-                    slices.append(len(tokens))
-                last_slice = 0
-                for current_slice in slices:
-                    sliced = tokens[last_slice:current_slice]
-                    start_pos = int(sliced[0]) - tokenizer.timestamp_begin
-                    end_pos = int(sliced[-1]) - tokenizer.timestamp_begin
-                    current_segments.append(
-                        new_segment(
-                            start=time_offset + start_pos * time_precision,
-                            end=time_offset + end_pos * time_precision,
-                            tokens=sliced,
-                            result=result,
-                        )
-                    )
-                    last_slice = current_slice
-                if single_timestamp_ending:
-                    seek += segment_size
-                else:
-                    seek += (int(tokens[last_slice - 1]) - tokenizer.timestamp_begin) * input_stride
-            else:
-                duration = segment_duration
-                timestamps = tokens[is_ts]
-                if len(timestamps) > 0 and int(timestamps[-1]) != tokenizer.timestamp_begin:
-                    duration = (int(timestamps[-1]) - tokenizer.timestamp_begin) * time_precision
-                current_segments.append(new_segment(start=time_offset, end=time_offset + duration, tokens=tokens, result=result))
-                seek += segment_size
+            pieces, single_timestamp_ending, next_position = split_segments(
+                tokens, tokenizer.timestamp_begin, time_offset, segment_duration, time_precision)
+            current_segments = [new_segment(start=a, end=b, tokens=t, result=result) for a, b, t in pieces]
+            seek += segment_size if next_position is None else next_position * input_stride
 
             if word_timestamps:
                 add_word_timestamps(
