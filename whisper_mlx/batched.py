@@ -1,0 +1,263 @@
+"""Batched transcription: the windows of one long file, or of many files, decoded as B rows at once.
+
+Audio is cut into chunks of at most 30 s: speech regions found by Silero VAD and joined
+(`vad_filter=True`), or consecutive 30 s windows. Each batch of chunks is encoded as one batch
+and decoded as B rows through the model's backend (greedy, beam search, or sampling; the
+temperature fallback re-decodes only the rows that need it); no chunk is conditioned on the text
+before it (as faster-whisper's BatchedInferencePipeline). Segments and word timestamps come per
+chunk and are mapped back to the original audio's time. Inputs are read one at a time, only as
+the queue of chunks needs them; a file's result is handed out as soon as its last chunk is done.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import mlx.core as mx
+import numpy as np
+import tqdm
+
+from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio, load_mel, pad_or_trim
+from .decoding import DecodingResult, decode, detect_language, embed_audio
+from .model import Whisper
+from .timing import add_word_timestamps
+from .tokenizer import get_tokenizer
+from .transcribe import decode_options_at, needs_fallback, split_segments
+from .vad import SpeechChunk, VadOptions, get_speech_timestamps, merge_chunks
+
+Audio = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What batched transcription does beyond DecodingOptions (openai-whisper's names)."""
+
+    batch_size: int = 8
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    word_timestamps: bool = False
+    prepend_punctuations: str = "\"'“¿([{-"
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
+    vad_filter: bool = False
+    vad_options: VadOptions = field(default_factory=VadOptions)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+
+
+@dataclass
+class _Source:
+    """One input: its chunks, and their segments as they are decoded."""
+
+    index: int
+    name: str
+    duration: float
+    language: str
+    chunks: list[SpeechChunk]
+    input: Audio
+    audio: np.ndarray | None  # released once every chunk has its window
+    segments: dict[int, list[dict]] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return len(self.segments) == len(self.chunks)
+
+
+def _chunks(audio: np.ndarray, options: BatchOptions) -> list[SpeechChunk]:
+    if options.vad_filter:
+        return merge_chunks(get_speech_timestamps(audio, options.vad_options))
+    return [SpeechChunk(((start, min(start + N_SAMPLES, audio.size)),)) for start in range(0, audio.size, N_SAMPLES)]
+
+
+def _mel(audio: np.ndarray, n_mels: int) -> tuple[mx.array, int, bool]:
+    """A chunk's 30 s log-mel window as the sequential path computes it for a file this short,
+    its content frames, and whether it is silent."""
+    mel = load_mel(audio, n_mels)
+    frames = min(N_FRAMES, mel.content_frames)
+    return pad_or_trim(mel.segment(0, frames), N_FRAMES, axis=0), frames, mel.is_silent(0, frames)
+
+
+class BatchedTranscriber:
+    """Transcribes inputs in batches of chunks on one model (`transcribe_many` drives it)."""
+
+    def __init__(self, model: Whisper, options: BatchOptions, decode_options: Mapping):
+        self.model = model
+        self.options = options
+        self.decode_options = {k: v for k, v in decode_options.items() if k != "fp16"}
+        self.decode_options.pop("prompt", None)
+
+    def _language(self, audio: np.ndarray) -> str:
+        language = self.decode_options.get("language")
+        if language is not None:
+            return language
+        if not self.model.is_multilingual:
+            return "en"
+        mel, _, _ = _mel(audio[:N_SAMPLES], self.model.dims.n_mels)
+        _, probs = detect_language(self.model, mel)
+        return max(probs, key=probs.get)
+
+    def _open(self, index: int, audio: Audio) -> _Source:
+        name = str(audio) if isinstance(audio, (str, Path)) else f"<array {index}>"
+        samples = load_audio(str(audio)) if isinstance(audio, (str, Path)) else np.asarray(audio, np.float32)
+        chunks = _chunks(samples, self.options)
+        language = self._language(samples) if chunks else (self.decode_options.get("language") or "en")
+        return _Source(index, name, samples.size / SAMPLE_RATE, language, chunks, audio, samples)
+
+    def run(self, inputs: Iterable[Audio]) -> Iterator[tuple[int, Audio, dict | Exception]]:
+        """Yield (index, input, result or the exception that input raised) as inputs complete."""
+        pending: deque[tuple[_Source, int]] = deque()  # chunks not yet decoded
+        inputs = iter(enumerate(inputs))
+        exhausted = False
+        batch_size = self.options.batch_size
+        with tqdm.tqdm(unit="audio s", disable=None, leave=False) as bar:
+            while True:
+                while not exhausted and len(pending) < batch_size:
+                    try:
+                        index, audio = next(inputs)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    try:
+                        source = self._open(index, audio)
+                    except Exception as e:  # one bad input must not stop the others
+                        yield index, audio, e
+                        continue
+                    bar.total = (bar.total or 0) + source.duration
+                    bar.refresh()
+                    if not source.chunks:
+                        yield index, audio, self._result(source)
+                        continue
+                    pending.extend((source, i) for i in range(len(source.chunks)))
+                if not pending:
+                    return
+                language = pending[0][0].language  # one language per batch (one set of prompts)
+                batch = []
+                for item in list(pending):
+                    if item[0].language == language and len(batch) < batch_size:
+                        batch.append(item)
+                for item in batch:
+                    pending.remove(item)
+                for source, i in self._decode(batch, language):
+                    bar.update(source.chunks[i].duration)
+                    if source.done:
+                        yield source.index, source.input, self._result(source)
+
+    def _decode(self, batch: list[tuple[_Source, int]], language: str) -> Iterator[tuple[_Source, int]]:
+        """Decode a batch of chunks as B rows; store each chunk's segments in its source."""
+        model, options = self.model, self.options
+        windows = []
+        for source, i in batch:
+            audio = source.chunks[i].audio(source.audio)
+            windows.append(_mel(audio, model.dims.n_mels))
+            if all(j in source.segments or (source, j) in batch for j in range(len(source.chunks))):
+                source.audio = None  # every chunk of this source has its window now
+        decode_options = {**self.decode_options, "language": language}
+        tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
+                                  task=decode_options.get("task", "transcribe"))
+        live = [k for k, (_, _, silent) in enumerate(windows) if not silent]
+        results: dict[int, DecodingResult] = {}
+        if live:
+            features = embed_audio(model, mx.stack([windows[k][0] for k in live]))
+            todo = list(range(len(live)))
+            for t in options.temperature:
+                decoded = decode(model, features[mx.array(todo)] if len(todo) < len(live) else features,
+                                 decode_options_at(decode_options, t))
+                for k, result in zip(todo, decoded):
+                    results[live[k]] = result
+                todo = [k for k in todo if needs_fallback(results[live[k]], options.compression_ratio_threshold,
+                                                          options.logprob_threshold, options.no_speech_threshold)]
+                if not todo:
+                    break
+        for k, (source, i) in enumerate(batch):
+            result = results.get(k)
+            mel, frames, _ = windows[k]
+            source.segments[i] = [] if result is None else self._segments(source, i, result, tokenizer, mel, frames)
+            yield source, i
+
+    def _segments(self, source: _Source, i: int, result: DecodingResult, tokenizer, mel, frames: int) -> list[dict]:
+        options, chunk = self.options, source.chunks[i]
+        if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
+            if options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold:
+                return []  # silence
+        tokens = np.array(result.tokens, np.int64)
+        duration = frames * HOP_LENGTH / SAMPLE_RATE
+        time_precision = 2 * HOP_LENGTH / SAMPLE_RATE
+        pieces, single_ending, _ = split_segments(tokens, tokenizer.timestamp_begin, 0.0, duration, time_precision)
+        used = sum(len(p[2]) for p in pieces)
+        if not single_ending and used < len(tokens):  # text after the last timestamp pair: to the chunk's end
+            start = pieces[-1][1] if pieces else 0.0
+            pieces.append((start, max(start, duration), tokens[used:]))
+        segments = [{
+            "seek": round(chunk.start / HOP_LENGTH), "start": start, "end": end,
+            "text": tokenizer.decode([t for t in piece.tolist() if t < tokenizer.eot]), "tokens": piece.tolist(),
+            "temperature": result.temperature, "avg_logprob": result.avg_logprob,
+            "compression_ratio": result.compression_ratio, "no_speech_prob": result.no_speech_prob,
+        } for start, end, piece in pieces]
+        if options.word_timestamps:
+            add_word_timestamps(
+                segments=segments, model=self.model, tokenizer=tokenizer, mel=mel, num_frames=frames,
+                prepend_punctuations=options.prepend_punctuations, append_punctuations=options.append_punctuations,
+                last_speech_timestamp=0.0, audio_features=result.audio_features[None],
+            )
+        for segment in segments:  # as the sequential loop: empty segments keep their place, blank
+            if segment["start"] == segment["end"] or not segment["text"].strip():
+                segment.update(text="", tokens=[], words=[])
+        return chunk.restore(segments)
+
+    def _result(self, source: _Source) -> dict:
+        segments = [s for i in range(len(source.chunks)) for s in source.segments[i]]
+        tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
+                                  language=source.language)
+        tokens = [t for s in segments for t in s["tokens"]]
+        return dict(
+            text=tokenizer.decode([t for t in tokens if t < tokenizer.eot]),
+            segments=[{"id": k, **s} for k, s in enumerate(segments)],
+            language=source.language,
+        )
+
+
+def transcribe_many(
+    inputs: Iterable[Audio],
+    *,
+    model: Whisper,
+    batch_size: int = 8,
+    temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    compression_ratio_threshold: float | None = 2.4,
+    logprob_threshold: float | None = -1.0,
+    no_speech_threshold: float | None = 0.6,
+    word_timestamps: bool = False,
+    prepend_punctuations: str = "\"'“¿([{-",
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
+    vad_filter: bool = False,
+    vad_parameters: VadOptions | Mapping | None = None,
+    **decode_options,
+) -> Iterator[tuple[int, Audio, dict | Exception]]:
+    """Transcribe many files (or 16 kHz waveforms) at once: chunks of different inputs share
+    batches of `batch_size` rows. Yields (index, input, result) as each input completes (the
+    result dict of `transcribe`), or (index, input, exception) for an input that could not be
+    read; the others go on. decode_options: DecodingOptions fields (language, task, beam_size,
+    best_of, patience, length_penalty, suppress_tokens, ...); no text is carried between chunks."""
+    temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+    options = BatchOptions(
+        batch_size=batch_size, temperature=temperatures, compression_ratio_threshold=compression_ratio_threshold,
+        logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold, word_timestamps=word_timestamps,
+        prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations, vad_filter=vad_filter,
+        vad_options=VadOptions.from_parameters(vad_parameters),
+    )
+    return BatchedTranscriber(model, options, decode_options).run(inputs)
+
+
+def transcribe_batched(audio: Audio, *, model: Whisper, **kwargs) -> dict:
+    """One input through `transcribe_many` (transcribe(..., batch_size=N) calls this)."""
+    for _, _, result in transcribe_many([audio], model=model, **kwargs):
+        if isinstance(result, Exception):
+            raise result
+        return result
+    raise AssertionError("transcribe_many yielded nothing for one input")
+
