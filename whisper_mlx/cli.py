@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__, runtime
+from . import __version__, runtime, vad
 from .audio import AudioError
 from .load import ModelLoadError, load_model
 from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE
@@ -26,6 +26,15 @@ from .writers import get_writer
 
 PROG = "whisper-mlx"
 _WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
+# --vad-<field> -> VadOptions.<field>; help text and the type of each
+_VAD_OPTIONS = {
+    "threshold": (float, "speech probability at or above which a 32 ms frame is speech"),
+    "neg_threshold": (float, "probability under which speech ends"),
+    "min_speech_duration_ms": (int, "drop speech regions this short"),
+    "max_speech_duration_s": (float, "split speech regions longer than this"),
+    "min_silence_duration_ms": (int, "silence that ends a speech region"),
+    "speech_pad_ms": (int, "padding kept on each side of a speech region"),
+}
 
 
 def str2bool(string: str) -> bool:
@@ -136,7 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process")
     _add(p, "hallucination_silence_threshold", type=optional_float, default=None,
          help="(needs --word-timestamps True) skip silences longer than this around suspected hallucinations")
+
+    _add(p, "vad_filter", type=str2bool, nargs="?", const=True, default=False,
+         help="cut non-speech (Silero VAD) before decoding; times stay those of the original audio "
+              '(needs onnxruntime: pip install "whisper-mlx[vad]")')
+    defaults = vad.VadOptions()
+    for name, (kind, text) in _VAD_OPTIONS.items():
+        default = "threshold - 0.15" if name == "neg_threshold" else getattr(defaults, name)
+        # None means "VadOptions' default", shown instead; %(default).0s prints nothing and keeps
+        # the help formatter from appending "(default: None)"
+        _add(p, f"vad_{name}", type=kind, default=None, metavar=kind.__name__.upper(),
+             help=f"(needs --vad-filter) {text} (default: {default})%(default).0s")
     return p
+
+
+def _vad_parameters(args: dict) -> dict:
+    """The --vad-* options given, as VadOptions fields (popped from args)."""
+    given = {name: args.pop(f"vad_{name}") for name in _VAD_OPTIONS}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
@@ -153,6 +179,13 @@ def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
         [float(t) for t in args["clip_timestamps"].split(",") if t]
     except ValueError:
         parser.error(f"--clip-timestamps: expected comma-separated seconds, got {args['clip_timestamps']!r}")
+    for name in _VAD_OPTIONS:
+        if args[f"vad_{name}"] is not None and not args["vad_filter"]:
+            parser.error(f"--vad-{name.replace('_', '-')} requires --vad-filter")
+    try:
+        vad.VadOptions(**{name: args[f"vad_{name}"] for name in _VAD_OPTIONS if args[f"vad_{name}"] is not None})
+    except vad.VadOptionError as e:
+        parser.error(f"--vad-{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}")
 
 
 def _fail(target: str, e: BaseException, debug: bool) -> None:
@@ -179,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_format, device, dtype = args.pop("output_format"), args.pop("device"), args.pop("dtype")
     backend = args.pop("backend")
 
+    if args["vad_filter"] and not vad.onnxruntime_available():
+        print(f"{PROG}: error: --vad-filter needs onnxruntime, which is not installed: {vad.INSTALL_HINT}",
+              file=sys.stderr)
+        return 1
+    args["vad_parameters"] = _vad_parameters(args)
     try:
         runtime.set_device(device)
     except (RuntimeError, ValueError) as e:

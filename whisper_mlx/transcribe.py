@@ -11,7 +11,9 @@ import mlx.core as mx
 import numpy as np
 import tqdm
 
-from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_mel, pad_or_trim
+from . import vad
+from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, _as_waveform, load_audio, load_mel,
+                    pad_or_trim)
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language, embed_audio
 from .load import load_model
 from .model import Whisper
@@ -59,6 +61,8 @@ def transcribe(
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
     clip_timestamps: str | list[float] = "0",
     hallucination_silence_threshold: float | None = None,
+    vad_filter: bool = False,
+    vad_parameters: dict | vad.VadOptions | None = None,
     **decode_options,
 ) -> dict:
     """Transcribe an audio file or 16 kHz mono array with a Whisper model.
@@ -79,17 +83,47 @@ def transcribe(
     clip_timestamps: "start,end,start,end,..." seconds (or a list) of the ranges to process.
     hallucination_silence_threshold: with word_timestamps, skip silent gaps longer than this
         (seconds) around suspected hallucinations.
+    vad_filter: cut the audio to its speech (Silero VAD) before decoding; segment and word times
+        are mapped back to the original audio. Needs onnxruntime (`pip install "whisper-mlx[vad]"`).
+    vad_parameters: a VadOptions or a dict of its fields (faster-whisper's names: threshold,
+        neg_threshold, min_speech_duration_ms, max_speech_duration_s, min_silence_duration_ms,
+        speech_pad_ms); used with vad_filter.
     decode_options: DecodingOptions fields — language, task ("transcribe" | "translate"),
         without_timestamps, suppress_tokens, suppress_blank, sample_len, best_of, beam_size,
         patience, length_penalty, prefix, max_initial_timestamp.
 
     Returns {"text", "segments", "language"}; each segment has id, seek, start, end, text,
     tokens, temperature, avg_logprob, compression_ratio, no_speech_prob (and words).
+    With vad_filter and no speech found, segments is empty (and language None when a
+    multilingual model was given no language).
     Calls that share a model are serialized (the kv caches and MLX graph are per call).
     """
+    vad_options = vad.VadOptions.from_parameters(vad_parameters) if vad_filter or vad_parameters is not None else None
+    if vad_filter:
+        vad.require_onnxruntime()
     if model is None:
         model = _cached_model(path_or_hf_repo, dtype)
     with _model_lock(model):
+        if vad_filter:
+            return _transcribe_speech(
+                model,
+                audio,
+                vad_options,
+                verbose=verbose,
+                temperature=temperature,
+                compression_ratio_threshold=compression_ratio_threshold,
+                logprob_threshold=logprob_threshold,
+                no_speech_threshold=no_speech_threshold,
+                condition_on_previous_text=condition_on_previous_text,
+                initial_prompt=initial_prompt,
+                carry_initial_prompt=carry_initial_prompt,
+                word_timestamps=word_timestamps,
+                prepend_punctuations=prepend_punctuations,
+                append_punctuations=append_punctuations,
+                clip_timestamps=clip_timestamps,
+                hallucination_silence_threshold=hallucination_silence_threshold,
+                decode_options=decode_options,
+            )
         return _transcribe(
             model,
             audio,
@@ -166,6 +200,52 @@ def split_segments(tokens: np.ndarray, timestamp_begin: int, time_offset: float,
     return segments, single_timestamp_ending, next_position
 
 
+def _clip_ranges(clip_timestamps: str | list[float], n_samples: int) -> list[tuple[int, int]]:
+    """clip_timestamps ("start,end,..." seconds; an odd count runs to the end) as sample ranges."""
+    if isinstance(clip_timestamps, str):
+        clip_timestamps = [float(ts) for ts in (clip_timestamps.split(",") if clip_timestamps else [])]
+    points = [min(max(round(ts * SAMPLE_RATE), 0), n_samples) for ts in clip_timestamps] or [0]
+    if len(points) % 2 == 1:
+        points.append(n_samples)
+    return [(a, b) for a, b in zip(points[::2], points[1::2]) if b > a]
+
+
+def _within(speech: list[dict], ranges: list[tuple[int, int]]) -> list[dict]:
+    """The parts of the speech regions that lie inside the clip ranges, in order, disjoint."""
+    parts = sorted(
+        (max(s["start"], a), min(s["end"], b)) for s in speech for a, b in ranges if min(s["end"], b) > max(s["start"], a)
+    )
+    merged: list[list[int]] = []
+    for start, end in parts:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [{"start": start, "end": end} for start, end in merged]
+
+
+def _transcribe_speech(model: Whisper, audio, vad_options: vad.VadOptions, *, clip_timestamps, verbose,
+                       decode_options, **options) -> dict:
+    """vad_filter: find the speech (inside clip_timestamps), decode only it, joined, with the seek
+    loop, then map segment and word times back to the original audio."""
+    waveform = load_audio(audio) if isinstance(audio, (str, Path)) else _as_waveform(audio)
+    speech = vad.get_speech_timestamps(waveform, vad_options)
+    speech = _within(speech, _clip_ranges(clip_timestamps, waveform.size))
+    speech_map = vad.SpeechMap(speech)
+    if verbose:
+        print(f"Voice activity detection kept {speech_map.num_samples / SAMPLE_RATE:.1f} s "
+              f"of {waveform.size / SAMPLE_RATE:.1f} s in {len(speech)} speech regions")
+    if speech_map.num_samples < vad.FRAME_SAMPLES:  # no speech (or under one 32 ms frame of it)
+        language = decode_options.get("language") or (None if model.is_multilingual else "en")
+        return dict(text="", segments=[], language=language)
+    result = _transcribe(model, vad.collect_speech(waveform, speech), clip_timestamps="0", verbose=verbose,
+                         decode_options=decode_options, time_map=speech_map.original_time, **options)
+    speech_map.restore(result["segments"])
+    for segment in result["segments"]:
+        segment["seek"] = round(speech_map.original_time(segment["seek"] / FRAMES_PER_SECOND) * FRAMES_PER_SECOND)
+    return result
+
+
 def _decode_with_fallback(model, audio_features, decode_options, temperature, compression_ratio_threshold,
                           logprob_threshold, no_speech_threshold) -> DecodingResult:
     """Decode one window's features at each temperature in turn until the result passes the
@@ -211,8 +291,11 @@ def _get_end(segments: list[dict]) -> float | None:
 def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_ratio_threshold, logprob_threshold,
                 no_speech_threshold, condition_on_previous_text, initial_prompt, carry_initial_prompt,
                 word_timestamps, prepend_punctuations, append_punctuations, clip_timestamps,
-                hallucination_silence_threshold, decode_options) -> dict:
+                hallucination_silence_threshold, decode_options, time_map=None) -> dict:
+    """The seek loop over `audio`; `time_map` (vad_filter) maps its times to the original audio's
+    for the verbose lines (the caller maps the returned times)."""
     decode_options.pop("fp16", None)
+    shown = time_map or (lambda t, is_end=False: t)
     mel = load_mel(audio, model.dims.n_mels)
     content_frames = mel.content_frames
     first_features = None
@@ -393,7 +476,8 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
 
             if verbose:
                 for segment in current_segments:
-                    line = f"[{format_timestamp(segment['start'])} --> {format_timestamp(segment['end'])}] {segment['text']}"
+                    line = (f"[{format_timestamp(shown(segment['start']))} --> "
+                            f"{format_timestamp(shown(segment['end'], is_end=True))}] {segment['text']}")
                     print(line.encode(errors="replace").decode())
 
             for segment in current_segments:
