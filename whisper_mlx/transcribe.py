@@ -239,7 +239,7 @@ def _transcribe_speech(model: Whisper, audio, vad_options: vad.VadOptions, *, cl
         language = decode_options.get("language") or (None if model.is_multilingual else "en")
         return dict(text="", segments=[], language=language)
     result = _transcribe(model, vad.collect_speech(waveform, speech), clip_timestamps="0", verbose=verbose,
-                         decode_options=decode_options, time_map=speech_map.original_time, **options)
+                         decode_options=decode_options, segment_times=speech_map.segment_times, **options)
     speech_map.restore(result["segments"])
     for segment in result["segments"]:
         segment["seek"] = round(speech_map.original_time(segment["seek"] / FRAMES_PER_SECOND) * FRAMES_PER_SECOND)
@@ -291,11 +291,11 @@ def _get_end(segments: list[dict]) -> float | None:
 def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_ratio_threshold, logprob_threshold,
                 no_speech_threshold, condition_on_previous_text, initial_prompt, carry_initial_prompt,
                 word_timestamps, prepend_punctuations, append_punctuations, clip_timestamps,
-                hallucination_silence_threshold, decode_options, time_map=None) -> dict:
-    """The seek loop over `audio`; `time_map` (vad_filter) maps its times to the original audio's
-    for the verbose lines (the caller maps the returned times)."""
+                hallucination_silence_threshold, decode_options, segment_times=None) -> dict:
+    """The seek loop over `audio`; `segment_times` (vad_filter) gives a segment's times in the
+    original audio for the verbose lines (the caller maps the returned times)."""
     decode_options.pop("fp16", None)
-    shown = time_map or (lambda t, is_end=False: t)
+    shown = segment_times or (lambda segment: (segment["start"], segment["end"]))
     mel = load_mel(audio, model.dims.n_mels)
     content_frames = mel.content_frames
     first_features = None
@@ -476,8 +476,8 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
 
             if verbose:
                 for segment in current_segments:
-                    line = (f"[{format_timestamp(shown(segment['start']))} --> "
-                            f"{format_timestamp(shown(segment['end'], is_end=True))}] {segment['text']}")
+                    start, end = shown(segment)
+                    line = f"[{format_timestamp(start)} --> {format_timestamp(end)}] {segment['text']}"
                     print(line.encode(errors="replace").decode())
 
             for segment in current_segments:

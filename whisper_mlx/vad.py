@@ -311,14 +311,19 @@ def collect_speech(audio: np.ndarray, speech: Sequence) -> np.ndarray:
 class SpeechMap:
     """Maps time in the concatenated speech regions back to time in the original audio.
 
-    `speech`: the regions, as get_speech_timestamps returns them (or (start, end) sample pairs).
-    Time t of the cut audio falls in region i; its original time is t plus the silence removed
-    before region i.
+    `speech`: the regions, as get_speech_timestamps returns them (or (start, end) sample pairs);
+    regions that touch are merged (no silence was removed between them). Time t of the cut audio
+    falls in region i; its original time is t plus the silence removed before region i.
     """
 
     def __init__(self, speech: Sequence, sampling_rate: int = SAMPLE_RATE):
         self.sampling_rate = sampling_rate
-        self.regions = _regions(speech)
+        self.regions: list[tuple[int, int]] = []
+        for start, end in _regions(speech):
+            if self.regions and start == self.regions[-1][1]:
+                self.regions[-1] = (self.regions[-1][0], end)
+            else:
+                self.regions.append((start, end))
         self._cut_ends: list[int] = []  # each region's end, in samples of the cut audio
         self._removed: list[int] = []  # samples of silence removed before each region
         removed, previous_end = 0, 0
@@ -380,6 +385,12 @@ class SpeechMap:
                 segment["start"] = self.original_time(segment["start"])
                 segment["end"] = max(self.original_time(segment["end"], is_end=True), segment["start"])
         return segments
+
+    def segment_times(self, segment: dict) -> tuple[float, float]:
+        """The original-audio (start, end) `restore` gives a segment, leaving the segment as it is."""
+        copy = {**segment, "words": [dict(w) for w in segment.get("words") or []]}
+        self.restore([copy])
+        return copy["start"], copy["end"]
 
 
 @dataclass(frozen=True)
