@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -357,3 +358,28 @@ def test_vad_filter_within_clip_timestamps(tiny, gap_clip):
     assert wer("The next train to the city leaves at seven thirty in the morning. "
                "Please have your ticket ready before you reach the platform.", result["text"]) < 0.15, result["text"]
     assert all(start - 1 <= w["start"] <= w["end"] <= end + 1 for w in _words(result))
+
+
+def test_cli_vad_filter_end_to_end(tiny_en_fp32_dir, gap_clip, tmp_path):
+    """--vad-filter with VAD options: the options reach the VAD (the regions it reports are those
+    of the same options here), and the written times are the original audio's."""
+    start, end = gap_clip.sentences[1]
+    audio = gap_clip.audio[round((start - 3) * SR) : round(end * SR)]  # 3 s of silence, then a sentence
+    path = tmp_path / "late start.wav"
+    import wave
+
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(SR)
+        f.writeframes(np.round(audio * 32768).clip(-32768, 32767).astype("<i2").tobytes())
+    audio = load_audio(path)
+    options = vad.VadOptions(speech_pad_ms=100, min_silence_duration_ms=500)
+    kept = sum(r["end"] - r["start"] for r in vad.get_speech_timestamps(audio, options)) / SR
+    proc = run_cli(path, "--model", tiny_en_fp32_dir, "-o", tmp_path, "-f", "json", "--word-timestamps", "True",
+                   "--vad-filter", "--vad-speech-pad-ms", "100", "--vad-min-silence-duration-ms", "500")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Voice activity detection kept {kept:.1f} s of {audio.size / SR:.1f} s" in proc.stdout, proc.stdout
+    result = json.loads((tmp_path / "late start.json").read_text())
+    assert wer("The next train to the city leaves at seven thirty in the morning. "
+               "Please have your ticket ready before you reach the platform.", result["text"]) < 0.15, result["text"]
+    first = result["segments"][0]["words"][0]
+    assert 3 - 0.1 <= first["start"] < 3.6, first  # the sentence starts 3 s in (cut audio: ~0.1 s)
