@@ -85,9 +85,12 @@ def gap_clip() -> GapClip:
 
 def test_probabilities_match_silero_reference(gap_clip):
     """Per-frame probabilities equal the `silero-vad` package's own (TorchScript) model's."""
-    import silero_vad
     import torch
 
+    threads = torch.get_num_threads()
+    import silero_vad  # sets torch to one thread for the whole process: put it back for other tests
+
+    torch.set_num_threads(threads)
     reference = silero_vad.load_silero_vad().audio_forward(torch.from_numpy(gap_clip.audio), SR).numpy().reshape(-1)
     ours = vad.speech_probabilities(gap_clip.audio)
     assert ours.shape == reference.shape == (-(-gap_clip.audio.size // 512),)

@@ -227,7 +227,8 @@ def _within(speech: list[dict], ranges: list[tuple[int, int]]) -> list[dict]:
 def _transcribe_speech(model: Whisper, audio, vad_options: vad.VadOptions, *, clip_timestamps, verbose,
                        decode_options, **options) -> dict:
     """vad_filter: find the speech (inside clip_timestamps), decode only it, joined, with the seek
-    loop, then map segment and word times back to the original audio."""
+    loop, then map segment and word times back to the original audio. The VAD needs every sample
+    at once, so a file is decoded whole here (not streamed as load_mel streams long files)."""
     waveform = load_audio(audio) if isinstance(audio, (str, Path)) else _as_waveform(audio)
     speech = vad.get_speech_timestamps(waveform, vad_options)
     speech = _within(speech, _clip_ranges(clip_timestamps, waveform.size))
