@@ -88,10 +88,14 @@ def test_probabilities_match_silero_reference(gap_clip):
     import torch
 
     threads = torch.get_num_threads()
-    import silero_vad  # sets torch to one thread for the whole process: put it back for other tests
+    try:  # silero_vad runs torch on one thread (its frame-by-frame loop is slow on more): only here
+        import silero_vad
 
-    torch.set_num_threads(threads)
-    reference = silero_vad.load_silero_vad().audio_forward(torch.from_numpy(gap_clip.audio), SR).numpy().reshape(-1)
+        torch.set_num_threads(1)
+        model = silero_vad.load_silero_vad()
+        reference = model.audio_forward(torch.from_numpy(gap_clip.audio), SR).numpy().reshape(-1)
+    finally:
+        torch.set_num_threads(threads)
     ours = vad.speech_probabilities(gap_clip.audio)
     assert ours.shape == reference.shape == (-(-gap_clip.audio.size // 512),)
     assert np.abs(ours - reference).max() < 1e-3
