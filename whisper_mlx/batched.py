@@ -11,6 +11,7 @@ the queue of chunks needs them; a file's result is handed out as soon as its las
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from .model import Whisper
 from .timing import add_word_timestamps
 from .tokenizer import get_tokenizer
 from .transcribe import decode_options_at, needs_fallback, split_segments
-from .vad import SpeechChunk, VadOptions, get_speech_timestamps, merge_chunks
+from .vad import (INSTALL_HINT, SpeechChunk, VadOptions, get_speech_timestamps, merge_chunks,
+                  onnxruntime_available, require_onnxruntime)
 
 Audio = str | Path | np.ndarray
 
@@ -51,7 +53,7 @@ class BatchOptions:
             raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Source:
     """One input: its chunks, and their segments as they are decoded."""
 
@@ -151,11 +153,10 @@ class BatchedTranscriber:
     def _decode(self, batch: list[tuple[_Source, int]], language: str) -> Iterator[tuple[_Source, int]]:
         """Decode a batch of chunks as B rows; store each chunk's segments in its source."""
         model, options = self.model, self.options
-        windows = []
-        for source, i in batch:
-            audio = source.chunks[i].audio(source.audio)
-            windows.append(_mel(audio, model.dims.n_mels))
-            if all(j in source.segments or (source, j) in batch for j in range(len(source.chunks))):
+        windows = [_mel(source.chunks[i].audio(source.audio), model.dims.n_mels) for source, i in batch]
+        for source, _ in batch:
+            windowed = {j for s, j in batch if s is source} | set(source.segments)
+            if len(windowed) == len(source.chunks):
                 source.audio = None  # every chunk of this source has its window now
         decode_options = {**self.decode_options, "language": language}
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
@@ -234,7 +235,7 @@ def transcribe_many(
     word_timestamps: bool = False,
     prepend_punctuations: str = "\"'“¿([{-",
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
-    vad_filter: bool = False,
+    vad_filter: bool | None = None,
     vad_parameters: VadOptions | Mapping | None = None,
     **decode_options,
 ) -> Iterator[tuple[int, Audio, dict | Exception]]:
@@ -242,7 +243,21 @@ def transcribe_many(
     batches of `batch_size` rows. Yields (index, input, result) as each input completes (the
     result dict of `transcribe`), or (index, input, exception) for an input that could not be
     read; the others go on. decode_options: DecodingOptions fields (language, task, beam_size,
-    best_of, patience, length_penalty, suppress_tokens, ...); no text is carried between chunks."""
+    best_of, patience, length_penalty, suppress_tokens, ...); no text is carried between chunks.
+
+    vad_filter: chunks are speech regions (Silero VAD) joined up to 30 s; None: so when
+    onnxruntime is installed, else (and with False) consecutive 30 s windows, which can cut a
+    word in two. vad_parameters default to faster-whisper's batched ones: regions split at
+    silences of 160 ms to stay under 30 s."""
+    if vad_filter is None:
+        vad_filter = onnxruntime_available()
+        if not vad_filter:
+            warnings.warn(f"batched transcription without onnxruntime: 30 s windows instead of speech chunks "
+                          f"({INSTALL_HINT})", stacklevel=2)
+    elif vad_filter:
+        require_onnxruntime()
+    if vad_parameters is None:
+        vad_parameters = VadOptions(max_speech_duration_s=30.0, min_silence_duration_ms=160)
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
     options = BatchOptions(
         batch_size=batch_size, temperature=temperatures, compression_ratio_threshold=compression_ratio_threshold,

@@ -146,9 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "hallucination_silence_threshold", type=optional_float, default=None,
          help="(needs --word-timestamps True) skip silences longer than this around suspected hallucinations")
 
-    _add(p, "vad_filter", type=str2bool, nargs="?", const=True, default=False,
+    _add(p, "batch_size", type=optional_int, default=None,
+         help="decode this many 30 s chunks together, across all the files given (batched mode: chunks "
+              "are not conditioned on previous text; each file's outputs are written as soon as it is done)")
+
+    _add(p, "vad_filter", type=str2bool, nargs="?", const=True, default=None,
          help="cut non-speech (Silero VAD) before decoding; times stay those of the original audio "
-              '(needs onnxruntime: pip install "whisper-mlx[vad]")')
+              '(needs onnxruntime: pip install "whisper-mlx[vad]"); default: off, but on with --batch-size '
+              "where onnxruntime is installed")
     defaults = vad.VadOptions()
     for name, (kind, text) in _VAD_OPTIONS.items():
         default = "threshold - 0.15" if name == "neg_threshold" else getattr(defaults, name)
@@ -179,6 +184,8 @@ def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
         [float(t) for t in args["clip_timestamps"].split(",") if t]
     except ValueError:
         parser.error(f"--clip-timestamps: expected comma-separated seconds, got {args['clip_timestamps']!r}")
+    if args["batch_size"] is not None and args["batch_size"] < 1:
+        parser.error(f"--batch-size: expected a positive number of chunks, got {args['batch_size']}")
     for name in _VAD_OPTIONS:
         if args[f"vad_{name}"] is not None and not args["vad_filter"]:
             parser.error(f"--vad-{name.replace('_', '-')} requires --vad-filter")
@@ -243,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer = get_writer(output_format, output_dir)
     writer_args = {option: args.pop(option) for option in _WORD_OPTIONS}
 
+    batch_size = args.pop("batch_size")
+    if batch_size is not None:
+        return _run_batched(model, args, temperatures, batch_size, writer, writer_args, debug)
     failed = 0
     for audio_path in args.pop("audio"):
         try:
@@ -254,6 +264,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as e:  # one bad file must not stop the others
             _fail(audio_path, e, debug)
             failed += 1
+    return 1 if failed else 0
+
+
+# options of the sequential seek loop that batched mode does not have
+_SEQUENTIAL_ONLY = ("verbose", "initial_prompt", "carry_initial_prompt", "condition_on_previous_text",
+                    "clip_timestamps", "hallucination_silence_threshold")
+
+
+def _run_batched(model, args: dict, temperatures: tuple, batch_size: int, writer, writer_args: dict, debug: bool) -> int:
+    """--batch-size: every file's chunks through one batched decoder; each file's outputs are
+    written when its last chunk is decoded; a file that fails is reported and the rest go on."""
+    from .batched import transcribe_many
+
+    paths = args.pop("audio")
+    for option in _SEQUENTIAL_ONLY:
+        args.pop(option, None)
+    failed = 0
+    try:
+        for _, path, result in transcribe_many(paths, model=model, batch_size=batch_size, temperature=temperatures,
+                                               **args):
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                writer(result, path, **writer_args)
+            except Exception as e:  # one bad file must not stop the others
+                _fail(path, e, debug)
+                failed += 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

@@ -61,8 +61,9 @@ def transcribe(
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
     clip_timestamps: str | list[float] = "0",
     hallucination_silence_threshold: float | None = None,
-    vad_filter: bool = False,
+    vad_filter: bool | None = None,
     vad_parameters: dict | vad.VadOptions | None = None,
+    batch_size: int | None = None,
     **decode_options,
 ) -> dict:
     """Transcribe an audio file or 16 kHz mono array with a Whisper model.
@@ -85,9 +86,15 @@ def transcribe(
         (seconds) around suspected hallucinations.
     vad_filter: cut the audio to its speech (Silero VAD) before decoding; segment and word times
         are mapped back to the original audio. Needs onnxruntime (`pip install "whisper-mlx[vad]"`).
+        None (the default): off, except with batch_size, where chunks follow the speech when
+        onnxruntime is installed (faster-whisper's batched default) and are 30 s windows if not.
     vad_parameters: a VadOptions or a dict of its fields (faster-whisper's names: threshold,
         neg_threshold, min_speech_duration_ms, max_speech_duration_s, min_silence_duration_ms,
         speech_pad_ms); used with vad_filter.
+    batch_size: decode batches of this many chunks together (whisper_mlx.batched): the audio is
+        cut into chunks of at most 30 s (speech regions joined, with vad_filter; else consecutive
+        30 s windows) and no chunk is conditioned on the previous text (condition_on_previous_text,
+        initial_prompt, clip_timestamps and hallucination_silence_threshold do not apply).
     decode_options: DecodingOptions fields — language, task ("transcribe" | "translate"),
         without_timestamps, suppress_tokens, suppress_blank, sample_len, best_of, beam_size,
         patience, length_penalty, prefix, max_initial_timestamp.
@@ -103,6 +110,17 @@ def transcribe(
         vad.require_onnxruntime()
     if model is None:
         model = _cached_model(path_or_hf_repo, dtype)
+    if batch_size is not None:
+        from .batched import transcribe_batched
+
+        with _model_lock(model):
+            return transcribe_batched(
+                audio, model=model, batch_size=batch_size, temperature=temperature,
+                compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
+                no_speech_threshold=no_speech_threshold, word_timestamps=word_timestamps,
+                prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
+                vad_filter=vad_filter, vad_parameters=vad_parameters, **decode_options,
+            )
     with _model_lock(model):
         if vad_filter:
             return _transcribe_speech(
