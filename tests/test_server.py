@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,16 +25,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import pytest
+import uvicorn
 
-openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
-
-import whisper_mlx  # noqa: E402
-from whisper_mlx.audio import load_audio  # noqa: E402
-from whisper_mlx.server.app import Service, ServerConfig, create_app  # noqa: E402
-from whisper_mlx.server.workers import Cancelled, Job, ModelPool, ModelWorker  # noqa: E402
-from whisper_mlx.writers import render  # noqa: E402
+import whisper_mlx
+from whisper_mlx.audio import load_audio
+from whisper_mlx.server.app import Service, ServerConfig, create_app
+from whisper_mlx.server.workers import Cancelled, Job, ModelPool, ModelWorker
+from whisper_mlx.writers import render
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
@@ -302,6 +302,30 @@ def test_eight_concurrent_requests_two_bad(server, clips, bad_uploads, reference
     server.wait_idle()
     assert server.get("/health")[0] == 200
     assert os.listdir(server.service.upload_dir) == []  # every upload deleted after its request
+
+
+def test_a_client_that_hangs_up_stops_its_job(server, clips, caplog):
+    """The request's whole body sent, then the connection closed: the job is dropped or stopped at
+    its first segment (the log line says 503 cancelled, not 200), and the worker is free again."""
+    caplog.set_level(logging.INFO, logger="whisper_mlx.server")
+    boundary = "hangup"
+    audio = clips["en_long_story"].path.read_bytes()
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ntiny.en\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"story.wav\"\r\n\r\n").encode() \
+        + audio + f"\r\n--{boundary}--\r\n".encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                     + f"Authorization: Bearer {KEY}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.5)  # let the server read the body before the hang-up
+    server.wait_idle()
+    deadline = time.monotonic() + WAIT_S
+    while not any("POST /v1/audio/transcriptions" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "no log line for the request"
+        time.sleep(0.05)
+    line = next(r.getMessage() for r in caplog.records if "POST /v1/audio/transcriptions" in r.getMessage())
+    assert line.endswith("status=503"), line
 
 
 def test_timeout_answers_504_and_the_server_goes_on(tiny_en_fp32_dir, clips):

@@ -158,30 +158,28 @@ async def _audio(request: Request, task: str) -> Response:
         return request_error_response(e)
     request.state.audio_seconds = duration
     service.workers[audio_request.model].submit(job)
-
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
         first = await _next_event(job, deadline)
-    except asyncio.CancelledError:
-        job.cancel()
-        raise
-    if first[0] == "error":
-        return _job_error_response(first[1], name, path)
-    if first[0] == "timeout":
-        return _timeout_response(service.config.timeout)
-    if audio_request.stream:
-        return StreamingResponse(_stream(job, first, deadline, name, path, service.config.timeout),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    event = first
-    try:
+        if first[0] == "segment" and audio_request.stream:
+            watcher.cancel()  # the streaming response watches for the client going away itself
+            return StreamingResponse(_stream(job, first, deadline, name, path, service.config.timeout),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        event = first
         while event[0] == "segment":
             event = await _next_event(job, deadline)
     except asyncio.CancelledError:
         job.cancel()
         raise
+    finally:
+        watcher.cancel()
     if event[0] == "error":
         return _job_error_response(event[1], name, path)
     if event[0] == "timeout":
         return _timeout_response(service.config.timeout)
+    if audio_request.stream:  # finished before its first segment (silence): the stream is the done event
+        return StreamingResponse(_stream(job, event, deadline, name, path, service.config.timeout),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return result_response(audio_request, event[1], duration)
 
 
@@ -200,6 +198,16 @@ def _model_check(request: AudioRequest) -> Callable[[Any], None]:
                                f"{request.language!r}", param="language")
 
     return check
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Cancel the job when the client goes away (its body has been read: what comes next is the
+    disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            job.cancel()
+            return
 
 
 async def _next_event(job: Job, deadline: float) -> tuple[str, Any]:
