@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import os
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the models (up to --max-loaded) before listening; exit if one cannot load")
     p.add_argument("--device", choices=["cpu", "gpu"], default=None,
                    help="MLX device (default: the GPU where there is one)")
+    p.add_argument("--backend", choices=["mlx", "cpu", "cuda"], default=None,
+                   help="decoding backend (default: chosen for this machine, see `whisper-mlx doctor`)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="log level (info: one line per request)")
     return p
@@ -90,10 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: the server needs the `server` extra ({e.name} is missing): "
               "pip install 'whisper-mlx[server]'", file=sys.stderr)
         return 2
-    from .. import backend
+    from .. import runtime
+    from ..load import load_model
 
     try:
-        backend.set_device(args.device)
+        runtime.set_device(args.device)
     except (RuntimeError, ValueError) as e:
         print(f"{PROG}: error: --device {args.device}: {e}", file=sys.stderr)
         return 2
@@ -106,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(--api-key or $%s)", args.host, KEY_ENV)
     config = ServerConfig(models=models, max_loaded=args.max_loaded, max_upload_mb=args.max_upload_mb,
                           timeout=args.timeout, api_key=api_key)
-    service = Service.start(config)
+    service = Service.start(config, loader=functools.partial(load_model, backend=args.backend))
     try:
         if args.preload:
             from .workers import ModelUnavailable
