@@ -6,11 +6,12 @@ second (throughput), and each request's latency through the server. Every server
 checked against the in-process one (same model directory, same options), so a fast wrong
 answer shows.
 
-    .venv/bin/python benchmarks/server_load.py --requests 16 --concurrency 4 \
+    .venv/bin/python benchmarks/server_load.py --requests 8 --concurrency 4 --rounds 2 \
         --out benchmarks/server-load-linux-cpu-2core-2026-11-30
 
-Bounded: N requests in all, at most M in flight, the server only on 127.0.0.1, every wait capped.
-The model is tiny.en fp32 converted from the offline package (zoo.bench's cache); the clips are
+Each round runs both passes over the same N files, the order alternating between rounds, so load
+from elsewhere on the machine hits both. Bounded: N requests per pass, at most M in flight, the
+server only on 127.0.0.1, every wait capped. The model is tiny.en fp32 converted from the offline package (zoo.bench's cache); the clips are
 the English `parity` clips of zoo/clips.yaml (synthesized speech, 6-10 s each), used in turn.
 """
 
@@ -107,40 +108,62 @@ def rates(n: int, audio_s: float, wall_s: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", "-n", type=int, default=16, help="requests in all (N)")
+    p.add_argument("--requests", "-n", type=int, default=8, help="requests per pass (N)")
     p.add_argument("--concurrency", "-m", type=int, default=4, help="requests in flight at once (M)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds; each runs the in-process pass and the server pass, in alternating order")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                   help="where the converted model and the clips are made and reused (zoo.bench's layout: "
+                        "models/tiny.en-fp32, clips/)")
     p.add_argument("--out", type=Path, default=None,
                    help="write OUT.md and OUT.json (default: print the table only)")
     p.add_argument("--note", default="", help="a line for the results file (what else ran on the machine)")
     args = p.parse_args(argv)
-    if not 1 <= args.requests <= 1000 or not 1 <= args.concurrency <= 64:
-        p.error("--requests must be 1-1000 and --concurrency 1-64")
+    if not 1 <= args.requests <= 1000 or not 1 <= args.concurrency <= 64 or not 1 <= args.rounds <= 10:
+        p.error("--requests must be 1-1000, --concurrency 1-64, --rounds 1-10")
 
-    model_dir = whisper_mlx_dir("tiny.en", "fp32")
+    model_dir = whisper_mlx_dir("tiny.en", "fp32", args.cache)
     specs = load_specs()
-    clips = make_clips(DEFAULT_CACHE / "clips", [c for c in CLIPS if c in specs])
-    files = [clips[c].path for c in CLIPS][: args.requests]
+    clips = make_clips(args.cache / "clips", [c for c in CLIPS if c in specs])
+    files = [clips[c].path for c in CLIPS if c in clips]
     files = [files[i % len(files)] for i in range(args.requests)]
     audio_s = sum(load_audio(f).size / 16000 for f in files)
 
     load_before = os.getloadavg()
-    local = in_process(model_dir, files)
-    served = through_server(model_dir, files, args.concurrency)
+    rounds, latency, mismatches = [], [], []
+    for r in range(args.rounds):
+        order = ("in_process", "server") if r % 2 == 0 else ("server", "in_process")
+        runs = {}
+        for path_kind in order:  # alternating, so a burst of load from elsewhere hits both
+            runs[path_kind] = (in_process(model_dir, files) if path_kind == "in_process"
+                               else through_server(model_dir, files, args.concurrency))
+        latency += runs["server"]["latency_s"]
+        mismatches += [f.name for f, a, b in zip(files, runs["in_process"]["texts"], runs["server"]["texts"]) if a != b]
+        rounds.append({
+            "order": list(order),
+            "in_process": rates(args.requests, audio_s, runs["in_process"]["wall_s"]),
+            "server": rates(args.requests, audio_s, runs["server"]["wall_s"]),
+            "server_vs_in_process_throughput": round(runs["in_process"]["wall_s"] / runs["server"]["wall_s"], 3),
+        })
     load_after = os.getloadavg()
 
-    mismatches = [str(f.name) for f, a, b in zip(files, local["texts"], served["texts"]) if a != b]
-    latency = sorted(served["latency_s"])
+    n = args.requests * args.rounds
+    local_s = sum(r["in_process"]["wall_s"] for r in rounds)
+    served_s = sum(r["server"]["wall_s"] for r in rounds)
+    latency.sort()
     result = {
         "date": date.today().isoformat(),
         "model": "tiny.en fp32",
-        "requests": args.requests,
+        "requests_per_pass": args.requests,
         "concurrency": args.concurrency,
-        "audio_s": round(audio_s, 2),
-        "in_process": rates(args.requests, audio_s, local["wall_s"]),
-        "server": {**rates(args.requests, audio_s, served["wall_s"]),
+        "rounds": args.rounds,
+        "audio_s_per_pass": round(audio_s, 2),
+        "in_process": rates(n, audio_s * args.rounds, local_s),
+        "server": {**rates(n, audio_s * args.rounds, served_s),
                    "latency_s_median": round(statistics.median(latency), 3),
                    "latency_s_max": round(latency[-1], 3)},
-        "server_vs_in_process_throughput": round(local["wall_s"] / served["wall_s"], 3),
+        "server_vs_in_process_throughput": round(local_s / served_s, 3),
+        "per_round": rounds,
         "transcripts_differing": mismatches,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "python": platform.python_version(),
@@ -148,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     "load_avg_after": [round(x, 2) for x in load_after]},
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True).stdout.strip(),
-        "command": "benchmarks/server_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": f"benchmarks/server_load.py --requests {args.requests} --concurrency {args.concurrency} "
+                   f"--rounds {args.rounds}",
         "note": args.note,
     }
     table = render(result)
@@ -162,19 +186,23 @@ def main(argv: list[str] | None = None) -> int:
 def render(r: dict) -> str:
     m = r["machine"]
     lines = [
-        f"# whisper-mlx serve under load: {r['model']}, {r['requests']} requests, {r['concurrency']} at a time",
+        f"# whisper-mlx serve under load: {r['model']}, {r['requests_per_pass']} requests per pass, "
+        f"{r['concurrency']} in flight, {r['rounds']} rounds",
         "",
         f"Command: `{r['command']}` (git {r['git']}, {r['date']})",
         "",
-        "| path | wall s | requests / min | audio s / s | latency s (median / max) |",
-        "|---|---|---|---|---|",
-        f"| transcribe, in process, one after another | {r['in_process']['wall_s']} | "
-        f"{r['in_process']['requests_per_min']} | {r['in_process']['audio_s_per_s']} | |",
-        f"| whisper-mlx serve, {r['concurrency']} in flight | {r['server']['wall_s']} | {r['server']['requests_per_min']} | "
-        f"{r['server']['audio_s_per_s']} | {r['server']['latency_s_median']} / {r['server']['latency_s_max']} |",
+        "| path | requests | wall s | requests / min | audio s / s | latency s (median / max) |",
+        "|---|---|---|---|---|---|",
+        f"| transcribe, in process, one after another | {r['requests_per_pass'] * r['rounds']} | "
+        f"{r['in_process']['wall_s']} | {r['in_process']['requests_per_min']} | {r['in_process']['audio_s_per_s']} | |",
+        f"| whisper-mlx serve on 127.0.0.1, {r['concurrency']} in flight | {r['requests_per_pass'] * r['rounds']} | "
+        f"{r['server']['wall_s']} | {r['server']['requests_per_min']} | {r['server']['audio_s_per_s']} | "
+        f"{r['server']['latency_s_median']} / {r['server']['latency_s_max']} |",
         "",
-        f"Server throughput / in-process throughput: **{r['server_vs_in_process_throughput']}x**. "
-        f"{r['audio_s']} s of audio in all; transcripts differing from in-process: "
+        f"Server throughput / in-process throughput: **{r['server_vs_in_process_throughput']}x** "
+        f"(per round, in the order run: "
+        + ", ".join(f"{x['server_vs_in_process_throughput']}x ({' then '.join(x['order'])})" for x in r["per_round"])
+        + f"). {r['audio_s_per_pass']} s of audio per pass; server transcripts differing from in-process: "
         f"{len(r['transcripts_differing'])}.",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}; load average before "

@@ -321,7 +321,8 @@ class _Edge:
         finally:
             state = scope["state"]
             seconds = state.get("audio_seconds")
-            log.info("%s %s model=%s audio_s=%s wall_s=%.3f status=%s", scope["method"], scope["path"],
+            path = "".join(c if c.isprintable() and c != " " else f"%{ord(c):02X}" for c in scope["path"])
+            log.info("%s %s model=%s audio_s=%s wall_s=%.3f status=%s", scope["method"], path,
                      state.get("model", "-"), "-" if seconds is None else f"{seconds:.2f}",
                      time.perf_counter() - started, status[0] or "-")
 
