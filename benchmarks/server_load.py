@@ -6,13 +6,18 @@ second (throughput), and each request's latency through the server. Every server
 checked against the in-process one (same model directory, same options), so a fast wrong
 answer shows.
 
-    .venv/bin/python benchmarks/server_load.py --requests 8 --concurrency 4 --rounds 2 \
+    .venv/bin/python benchmarks/server_load.py --requests 8 --concurrency 4 --rounds 2 --batch-size 4 \
         --out benchmarks/server-load-linux-cpu-2core-2026-11-30
 
-Each round runs both passes over the same N files, the order alternating between rounds, so load
-from elsewhere on the machine hits both. Bounded: N requests per pass, at most M in flight, the
-server only on 127.0.0.1, every wait capped. The model is tiny.en fp32 converted from the offline package (zoo.bench's cache); the clips are
-the English `parity` clips of zoo/clips.yaml (synthesized speech, 6-10 s each), used in turn.
+`--batch-size B` adds a pass through `serve --batch-size B` (queued requests decoded together by
+the batched decoder; its transcripts may differ slightly from the sequential loop's, so they are
+counted, not required equal). Each round runs every pass over the same N files, the order
+rotating between rounds, so load from elsewhere on the machine hits all of them.
+
+Bounded: N requests per pass, at most M in flight, the server only on 127.0.0.1, every wait
+capped. The model is tiny.en fp32 converted from the offline package (zoo.bench's cache); the
+clips are the English `parity` clips of zoo/clips.yaml (synthesized speech, 6-10 s each), used
+in turn.
 """
 
 from __future__ import annotations
@@ -60,13 +65,14 @@ def in_process(model_dir: Path, files: list[Path]) -> dict:
     return {"wall_s": time.perf_counter() - started, "texts": texts}
 
 
-def through_server(model_dir: Path, files: list[Path], concurrency: int) -> dict:
-    """The files through `whisper-mlx serve` on 127.0.0.1, `concurrency` requests in flight."""
+def through_server(model_dir: Path, files: list[Path], concurrency: int, batch_size: int = 1) -> dict:
+    """The files through `whisper-mlx serve --batch-size B` on 127.0.0.1, `concurrency` requests in flight."""
     import openai
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "whisper_mlx.cli", "serve", "--model", f"tiny.en={model_dir}",
-                             "--host", "127.0.0.1", "--port", str(port), "--preload", "--log-level", "warning"],
+                             "--host", "127.0.0.1", "--port", str(port), "--preload", "--log-level", "warning",
+                             "--batch-size", str(batch_size)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=REQUEST_S)
     try:
@@ -110,17 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", "-n", type=int, default=8, help="requests per pass (N)")
     p.add_argument("--concurrency", "-m", type=int, default=4, help="requests in flight at once (M)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="rounds; each runs the in-process pass and the server pass, in alternating order")
+    p.add_argument("--rounds", type=int, default=2, help="rounds; each runs every pass, the order rotating")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="also a pass through `serve --batch-size B` (batched decoding of queued requests; 0: none)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help="where the converted model and the clips are made and reused (zoo.bench's layout: "
                         "models/tiny.en-fp32, clips/)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="write OUT.md and OUT.json (default: print the table only)")
+    p.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json (default: print the table only)")
     p.add_argument("--note", default="", help="a line for the results file (what else ran on the machine)")
     args = p.parse_args(argv)
-    if not 1 <= args.requests <= 1000 or not 1 <= args.concurrency <= 64 or not 1 <= args.rounds <= 10:
-        p.error("--requests must be 1-1000, --concurrency 1-64, --rounds 1-10")
+    if not (1 <= args.requests <= 1000 and 1 <= args.concurrency <= 64 and 1 <= args.rounds <= 10
+            and 0 <= args.batch_size <= 64):
+        p.error("--requests must be 1-1000, --concurrency 1-64, --rounds 1-10, --batch-size 0-64")
 
     model_dir = whisper_mlx_dir("tiny.en", "fp32", args.cache)
     specs = load_specs()
@@ -129,42 +136,44 @@ def main(argv: list[str] | None = None) -> int:
     files = [files[i % len(files)] for i in range(args.requests)]
     audio_s = sum(load_audio(f).size / 16000 for f in files)
 
+    passes = {"in_process": lambda: in_process(model_dir, files),
+              "server": lambda: through_server(model_dir, files, args.concurrency)}
+    if args.batch_size:
+        passes["server_batched"] = lambda: through_server(model_dir, files, args.concurrency, args.batch_size)
+    names = list(passes)
     load_before = os.getloadavg()
-    rounds, latency, mismatches = [], [], []
+    walls = {name: 0.0 for name in names}
+    latency = {name: [] for name in names if name != "in_process"}
+    differing = {name: [] for name in latency}
+    per_round = []
     for r in range(args.rounds):
-        order = ("in_process", "server") if r % 2 == 0 else ("server", "in_process")
-        runs = {}
-        for path_kind in order:  # alternating, so a burst of load from elsewhere hits both
-            runs[path_kind] = (in_process(model_dir, files) if path_kind == "in_process"
-                               else through_server(model_dir, files, args.concurrency))
-        latency += runs["server"]["latency_s"]
-        mismatches += [f.name for f, a, b in zip(files, runs["in_process"]["texts"], runs["server"]["texts"]) if a != b]
-        rounds.append({
-            "order": list(order),
-            "in_process": rates(args.requests, audio_s, runs["in_process"]["wall_s"]),
-            "server": rates(args.requests, audio_s, runs["server"]["wall_s"]),
-            "server_vs_in_process_throughput": round(runs["in_process"]["wall_s"] / runs["server"]["wall_s"], 3),
-        })
+        order = names[r % len(names):] + names[: r % len(names)]  # rotating, so load from elsewhere hits all
+        runs = {name: passes[name]() for name in order}
+        for name in names:
+            walls[name] += runs[name]["wall_s"]
+        for name in latency:
+            latency[name] += runs[name]["latency_s"]
+            differing[name] += [f.name for f, a, b in zip(files, runs["in_process"]["texts"], runs[name]["texts"])
+                                if a != b]
+        per_round.append({"order": order, **{name: rates(args.requests, audio_s, runs[name]["wall_s"]) for name in names}})
     load_after = os.getloadavg()
 
     n = args.requests * args.rounds
-    local_s = sum(r["in_process"]["wall_s"] for r in rounds)
-    served_s = sum(r["server"]["wall_s"] for r in rounds)
-    latency.sort()
     result = {
         "date": date.today().isoformat(),
         "model": "tiny.en fp32",
         "requests_per_pass": args.requests,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
+        "batch_size": args.batch_size,
         "audio_s_per_pass": round(audio_s, 2),
-        "in_process": rates(n, audio_s * args.rounds, local_s),
-        "server": {**rates(n, audio_s * args.rounds, served_s),
-                   "latency_s_median": round(statistics.median(latency), 3),
-                   "latency_s_max": round(latency[-1], 3)},
-        "server_vs_in_process_throughput": round(local_s / served_s, 3),
-        "per_round": rounds,
-        "transcripts_differing": mismatches,
+        "passes": {name: {**rates(n, audio_s * args.rounds, walls[name]),
+                          "vs_in_process_throughput": round(walls["in_process"] / walls[name], 3),
+                          **({"latency_s_median": round(statistics.median(latency[name]), 3),
+                              "latency_s_max": round(max(latency[name]), 3),
+                              "transcripts_differing_from_in_process": differing[name]} if name in latency else {})}
+                   for name in names},
+        "per_round": per_round,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "python": platform.python_version(),
                     "load_avg_before": [round(x, 2) for x in load_before],
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True).stdout.strip(),
         "command": f"benchmarks/server_load.py --requests {args.requests} --concurrency {args.concurrency} "
-                   f"--rounds {args.rounds}",
+                   f"--rounds {args.rounds} --batch-size {args.batch_size}",
         "note": args.note,
     }
     table = render(result)
@@ -180,30 +189,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(table)
-    return 1 if mismatches else 0
+    return 1 if differing["server"] else 0  # batch 1 must answer as transcribe does
+
+
+_LABELS = {
+    "in_process": "transcribe, in process, one after another",
+    "server": "whisper-mlx serve on 127.0.0.1, {m} in flight",
+    "server_batched": "whisper-mlx serve --batch-size {b} on 127.0.0.1, {m} in flight",
+}
 
 
 def render(r: dict) -> str:
     m = r["machine"]
+    n = r["requests_per_pass"] * r["rounds"]
     lines = [
         f"# whisper-mlx serve under load: {r['model']}, {r['requests_per_pass']} requests per pass, "
         f"{r['concurrency']} in flight, {r['rounds']} rounds",
         "",
         f"Command: `{r['command']}` (git {r['git']}, {r['date']})",
         "",
-        "| path | requests | wall s | requests / min | audio s / s | latency s (median / max) |",
-        "|---|---|---|---|---|---|",
-        f"| transcribe, in process, one after another | {r['requests_per_pass'] * r['rounds']} | "
-        f"{r['in_process']['wall_s']} | {r['in_process']['requests_per_min']} | {r['in_process']['audio_s_per_s']} | |",
-        f"| whisper-mlx serve on 127.0.0.1, {r['concurrency']} in flight | {r['requests_per_pass'] * r['rounds']} | "
-        f"{r['server']['wall_s']} | {r['server']['requests_per_min']} | {r['server']['audio_s_per_s']} | "
-        f"{r['server']['latency_s_median']} / {r['server']['latency_s_max']} |",
+        "| path | requests | wall s | requests / min | audio s / s | vs in process | latency s (median / max) "
+        "| transcripts differing from in process |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in r["passes"].items():
+        label = _LABELS[name].format(m=r["concurrency"], b=r["batch_size"])
+        lat = f"{row['latency_s_median']} / {row['latency_s_max']}" if "latency_s_median" in row else ""
+        diff = str(len(row["transcripts_differing_from_in_process"])) if "latency_s_median" in row else ""
+        lines.append(f"| {label} | {n} | {row['wall_s']} | {row['requests_per_min']} | {row['audio_s_per_s']} | "
+                     f"{row['vs_in_process_throughput']}x | {lat} | {diff} |")
+    lines += [
         "",
-        f"Server throughput / in-process throughput: **{r['server_vs_in_process_throughput']}x** "
-        f"(per round, in the order run: "
-        + ", ".join(f"{x['server_vs_in_process_throughput']}x ({' then '.join(x['order'])})" for x in r["per_round"])
-        + f"). {r['audio_s_per_pass']} s of audio per pass; server transcripts differing from in-process: "
-        f"{len(r['transcripts_differing'])}.",
+        "Per round (audio s / s, in the order run): " + "; ".join(
+            ", ".join(f"{name} {x[name]['audio_s_per_s']}" for name in x["order"]) for x in r["per_round"]) + ".",
+        f"{r['audio_s_per_pass']} s of audio per pass. `vs in process`: that pass's throughput / the in-process "
+        "pass's, over all rounds.",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}; load average before "
         f"{m['load_avg_before']}, after {m['load_avg_after']}.",

@@ -35,6 +35,8 @@ from whisper_mlx.server.app import Service, ServerConfig, create_app
 from whisper_mlx.server.workers import Cancelled, Job, ModelPool, ModelWorker
 from whisper_mlx.writers import render
 
+from test_bad_input import wer
+
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
 WAIT_S = 60  # bound on every wait for a server to come up or go idle
@@ -43,8 +45,8 @@ WAIT_S = 60  # bound on every wait for a server to come up or go idle
 class RunningServer:
     """A uvicorn server on 127.0.0.1 in a background thread, with its service for inspection."""
 
-    def __init__(self, config: ServerConfig):
-        self.service = Service.start(config)
+    def __init__(self, config: ServerConfig, loader=None):
+        self.service = Service.start(config, loader=loader)
         app = create_app(config, service=self.service)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                                     access_log=False))
@@ -339,6 +341,56 @@ def test_timeout_answers_504_and_the_server_goes_on(tiny_en_fp32_dir, clips):
         assert os.listdir(running.service.upload_dir) == []
     finally:
         running.stop()
+
+
+def test_batched_serving_decodes_queued_requests_together(tiny_en_fp32_dir, clips, caplog):
+    """--batch-size 4: requests that wait for the model together go through the batched decoder
+    as one call, and each gets the transcript the batched decoder gives its file."""
+    from whisper_mlx.batched import transcribe_many
+
+    caplog.set_level(logging.INFO, logger="whisper_mlx.server")
+    loading = threading.Event()
+
+    def held_loader(source):  # the model loads only when the test says, so requests queue meanwhile
+        assert loading.wait(WAIT_S)
+        return whisper_mlx.load_model(source)
+
+    running = RunningServer(ServerConfig(models={"tiny.en": str(tiny_en_fp32_dir)}, batch_size=4), loader=held_loader)
+    worker = running.service.workers["tiny.en"]
+    ids = ["en_meeting", "en_weather", "en_garden", "en_library", "en_train"]
+    first, queued = clips[ids[0]].path, [clips[c].path for c in ids[1:]]
+    client = running.client()
+
+    def ask(path: Path):
+        with open(path, "rb") as f:
+            return client.audio.transcriptions.create(model="tiny.en", file=f, response_format="verbose_json")
+
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            answers = [pool.submit(ask, first)]
+            _wait(lambda: worker.unfinished() == 1)  # the first is taken and waits for the model
+            answers += [pool.submit(ask, path) for path in queued]
+            _wait(lambda: worker.unfinished() == 5)
+            loading.set()
+            answers = [a.result(timeout=300) for a in answers]
+    finally:
+        loading.set()
+        running.stop()
+    assert "model tiny.en: 4 requests decoded together" in [r.getMessage() for r in caplog.records]
+    model = whisper_mlx.load_model(tiny_en_fp32_dir)
+    for clip_id, answer in zip(ids, answers):
+        [(_, _, expected)] = list(transcribe_many([str(clips[clip_id].path)], model=model, batch_size=4))
+        assert answer.text == expected["text"].strip()
+        assert wer(clips[clip_id].text, answer.text) < 0.5, answer.text  # the speech, not a hallucination (tiny.en writes numbers as digits)
+        assert [(s.start, s.end, s.text) for s in answer.segments] == \
+            [(s["start"], s["end"], s["text"]) for s in expected["segments"]]
+
+
+def _wait(condition) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- the command

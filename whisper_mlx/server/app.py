@@ -52,6 +52,7 @@ class ServerConfig:
     max_upload_mb: float = 25.0  # request bodies larger than this get 413 (OpenAI's limit is 25 MB)
     timeout: float = 600.0  # seconds a request may wait and run before it gets 504
     api_key: str | None = None  # when set, /v1/ requests need `Authorization: Bearer <key>`
+    batch_size: int = 1  # above 1: requests queued together are decoded as rows of one batch
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -62,6 +63,8 @@ class ServerConfig:
             raise ValueError(f"max_upload_mb: must be positive, got {self.max_upload_mb}")
         if not self.timeout > 0:
             raise ValueError(f"timeout: must be positive, got {self.timeout}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -83,8 +86,12 @@ class Service:
               loader: Callable[[str], Any] | None = None) -> "Service":
         if transcribe is None:
             from ..transcribe import transcribe
+        run_many = None
+        if config.batch_size > 1:
+            from ..batched import transcribe_many as run_many
         pool = ModelPool(config.models, config.max_loaded, loader)
-        workers = {name: ModelWorker(name, pool, transcribe) for name in config.models}
+        workers = {name: ModelWorker(name, pool, transcribe, batch_size=config.batch_size, run_many=run_many)
+                   for name in config.models}
         return cls(config, pool, workers, tempfile.mkdtemp(prefix="whisper-mlx-serve-"))
 
     def stop(self) -> None:

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body accepted, in MiB (larger: 413)")
     p.add_argument("--timeout", type=_positive(float), default=600.0,
                    help="seconds a request may queue and run before it gets 504")
+    p.add_argument("--batch-size", type=_positive(int), default=1,
+                   help="above 1: requests waiting for the same model (and options) are transcribed together "
+                        "by the batched decoder, this many 30 s windows per batch; their windows are then "
+                        "decoded independently (no conditioning on the text before), so answers can differ "
+                        "slightly from transcribe's sequential loop. 1: each request through transcribe")
     p.add_argument("--api-key", default=None,
                    help=f"require `Authorization: Bearer KEY` on /v1/ (default: ${KEY_ENV} if set, else no key)")
     p.add_argument("--preload", action="store_true",
@@ -109,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "listening on %s without an API key: anyone who can reach this port can use it "
             "(--api-key or $%s)", args.host, KEY_ENV)
     config = ServerConfig(models=models, max_loaded=args.max_loaded, max_upload_mb=args.max_upload_mb,
-                          timeout=args.timeout, api_key=api_key)
+                          timeout=args.timeout, api_key=api_key, batch_size=args.batch_size)
     service = Service.start(config, loader=functools.partial(load_model, backend=args.backend))
     try:
         if args.preload:

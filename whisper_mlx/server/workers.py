@@ -2,8 +2,8 @@
 
 Each served model has a queue of jobs and one thread draining it, so requests for one model run
 one after another while different models run side by side. The worker takes every job waiting
-in its queue at once (`ModelWorker._drain`) and hands the list to `_process`, which today runs
-them one by one through `whisper_mlx.transcribe`; a batched decoder would take the list whole.
+in its queue at once (`ModelWorker._drain`) and hands the list to `_process`: one by one through
+`whisper_mlx.transcribe`, or (batch size above 1) together through the batched decoder.
 
 A job talks back to the request that made it through its event channel: ("segment", dict) for
 each finished segment, then exactly one of ("done", result), ("error", exception).
@@ -114,12 +114,24 @@ class ModelPool:
 
 
 class ModelWorker:
-    """The thread that runs one served model's jobs, in arrival order."""
+    """The thread that runs one served model's jobs, in arrival order.
 
-    def __init__(self, name: str, pool: ModelPool, run: Callable[..., dict]):
+    With `batch_size` 1 each job goes through `run` (whisper_mlx.transcribe: the sequential loop,
+    segments forwarded as they are decoded). With more, the jobs drained together that share their
+    options go through `run_many` (whisper_mlx.batched.transcribe_many) as one call whose batches
+    of `batch_size` rows mix their windows; a job's segments are forwarded when its input is done.
+    Jobs with a prompt always take the sequential loop (the batched decoder carries no prompt).
+    """
+
+    def __init__(self, name: str, pool: ModelPool, run: Callable[..., dict], *, batch_size: int = 1,
+                 run_many: Callable[..., Any] | None = None):
+        if batch_size > 1 and run_many is None:
+            raise ValueError("batch_size > 1 needs run_many")
         self.name = name
         self.pool = pool
         self._run = run  # whisper_mlx.transcribe, or a stand-in in unit tests
+        self._run_many = run_many
+        self.batch_size = batch_size
         self._jobs: queue.Queue = queue.Queue()
         self._unfinished = 0  # submitted jobs not yet ended (queued or running)
         self._count_lock = threading.Lock()
@@ -168,21 +180,72 @@ class ModelWorker:
                 return jobs
 
     def _process(self, jobs: list[Job]) -> None:
-        """Run the drained jobs. One at a time today: each through `transcribe` on the shared model."""
+        """Run the jobs drained together: each through `run`, or in groups through `run_many`."""
+        groups: dict[tuple, list[Job]] = {}
         for job in jobs:
-            try:
-                if job.cancelled.is_set():
-                    raise Cancelled("the request ended before its turn")
-                model = self.pool.get(job.model)
-                if job.check is not None:
-                    job.check(model)
-                result = self._run(job.path, model=model, on_segment=self._forward(job), **job.options)
-            except Exception as e:  # every failure goes back to its request, the worker carries on
-                job.post("error", e)
+            if self.batch_size > 1 and job.options.get("initial_prompt") is None:
+                groups.setdefault(tuple(sorted(job.options.items())), []).append(job)
             else:
-                job.post("done", result)
-            finally:
+                groups[(id(job),)] = [job]  # on its own, in arrival order among the groups
+        for group in groups.values():
+            if self.batch_size > 1 and group[0].options.get("initial_prompt") is None:
+                self._run_group(group)
+            else:
+                self._run_one(group[0])
+
+    def _ready(self, job: Job) -> Any:
+        """The model for a job about to run (Cancelled, ModelUnavailable or the job's check otherwise)."""
+        if job.cancelled.is_set():
+            raise Cancelled("the request ended before its turn")
+        model = self.pool.get(job.model)
+        if job.check is not None:
+            job.check(model)
+        return model
+
+    def _run_one(self, job: Job) -> None:
+        try:
+            model = self._ready(job)
+            result = self._run(job.path, model=model, on_segment=self._forward(job), **job.options)
+        except Exception as e:  # every failure goes back to its request, the worker carries on
+            job.post("error", e)
+        else:
+            job.post("done", result)
+        finally:
+            self._ended(job)
+
+    def _run_group(self, group: list[Job]) -> None:
+        ready: list[tuple[Job, Any]] = []
+        for job in group:
+            try:
+                ready.append((job, self._ready(job)))
+            except Exception as e:
+                job.post("error", e)
                 self._ended(job)
+        if not ready:
+            return
+        jobs, model = [job for job, _ in ready], ready[0][1]
+        options = {k: v for k, v in jobs[0].options.items() if k != "initial_prompt"}
+        if len(jobs) > 1:
+            log.info("model %s: %d requests decoded together", self.name, len(jobs))
+        pending = set(range(len(jobs)))
+        try:
+            for index, _, result in self._run_many([job.path for job in jobs], model=model,
+                                                   batch_size=self.batch_size, **options):
+                job = jobs[index]
+                if isinstance(result, Exception):
+                    job.post("error", result)
+                else:
+                    for segment in result["segments"]:
+                        job.post("segment", segment)
+                    job.post("done", result)
+                pending.discard(index)
+                self._ended(job)
+        except Exception as e:  # the batch failed as a whole: every job still waiting hears why
+            for index in pending:
+                jobs[index].post("error", e)
+        finally:
+            for index in pending:
+                self._ended(jobs[index])
 
     @staticmethod
     def _forward(job: Job) -> Callable[[dict], None]:
