@@ -494,3 +494,9 @@ def test_worker_runs_queued_jobs_in_order_and_stops_a_cancelled_one(tmp_path):
     assert [e[1]["text"] for e in results[1]] == ["1.0", "1.1", "1.2", "1"]
     assert results[2][-1][0] == "error" and isinstance(results[2][-1][1], Cancelled)
     assert list(tmp_path.iterdir()) == []  # every job's upload deleted, run or not
+
+
+def test_on_segment_is_refused_where_segments_are_not_reported_one_by_one():
+    for options in ({"batch_size": 2}, {"vad_filter": True}):
+        with pytest.raises(ValueError, match="on_segment: only the sequential loop"):
+            whisper_mlx.transcribe("unused.wav", on_segment=print, **options)
