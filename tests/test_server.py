@@ -404,7 +404,7 @@ def _free_port() -> int:
 
 def test_serve_command(tiny_en_fp32_dir, clips, reference, tmp_path):
     """`whisper-mlx serve` with the key from the environment: serves, logs a line per request,
-    leaves no upload behind, and stops on SIGINT."""
+    leaves no upload behind, and stops cleanly on SIGTERM."""
     port = _free_port()
     env = {**os.environ, "WHISPER_MLX_API_KEY": "env-key", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "whisper_mlx.cli", "serve", "--model", f"tiny.en={tiny_en_fp32_dir}",
@@ -423,7 +423,7 @@ def test_serve_command(tiny_en_fp32_dir, clips, reference, tmp_path):
         with open(path, "rb") as f:
             assert client.audio.transcriptions.create(model="tiny.en", file=f).text == reference(path)["text"].strip()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # what a service manager sends (Ctrl-C's SIGINT takes the same path)
         _, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, stderr
     line = rf"POST /v1/audio/transcriptions model=tiny\.en audio_s={_seconds(path):.2f} wall_s=\d+\.\d+ status=200"

@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -126,11 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ModelUnavailable as e:
                 print(f"{PROG}: error: {e}", file=sys.stderr)
                 return 1
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the
+        # handler it found: make that handler end the process through `finally` (uploads removed)
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        signal.signal(signal.SIGINT, _exit_quietly)
         uvicorn.run(create_app(config, service=service), host=args.host, port=args.port,
                     log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5)
+    except (SystemExit, KeyboardInterrupt) as e:
+        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 0
     finally:
         service.stop()
     return 0
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _loopback(host: str) -> bool:
