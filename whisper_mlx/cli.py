@@ -1,4 +1,5 @@
-"""The `whisper-mlx` command: openai-whisper's CLI on MLX, plus `whisper-mlx doctor`.
+"""The `whisper-mlx` command: openai-whisper's CLI on MLX, plus `whisper-mlx doctor` and
+`whisper-mlx serve` (the OpenAI-compatible server, whisper_mlx.server).
 
 The model is loaded once; each file is transcribed and written in turn. A file that fails costs
 one line on stderr (`whisper-mlx: error: <file>: <problem>`) and exit status 1; the others are
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (openai-whisper's options; dashes or underscores)."""
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Transcribe or translate audio with Whisper on MLX. `whisper-mlx doctor` reports the backend.",
+        description="Transcribe or translate audio with Whisper on MLX. `whisper-mlx doctor` reports the backend; "
+                    "`whisper-mlx serve --help`: the OpenAI-compatible server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("audio", nargs="+", help="audio or video file(s) to transcribe")
@@ -211,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv in (["doctor"], ["--doctor"]):
         print(doctor())
         return 0
+    if argv[:1] == ["serve"]:
+        from .server import main as serve
+
+        return serve(argv[1:])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     _check_args(parser, args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 import numpy as np
@@ -64,6 +65,7 @@ def transcribe(
     vad_filter: bool | None = None,
     vad_parameters: dict | vad.VadOptions | None = None,
     batch_size: int | None = None,
+    on_segment: Callable[[dict], None] | None = None,
     **decode_options,
 ) -> dict:
     """Transcribe an audio file or 16 kHz mono array with a Whisper model.
@@ -95,6 +97,9 @@ def transcribe(
         cut into chunks of at most 30 s (speech regions joined, with vad_filter; else consecutive
         30 s windows) and no chunk is conditioned on the previous text (condition_on_previous_text,
         initial_prompt, clip_timestamps and hallucination_silence_threshold do not apply).
+    on_segment: called with each segment (as it will appear in the result) once its window is
+        final, before the next window is decoded; an exception it raises ends the call. Only the
+        sequential loop calls it (not with vad_filter or batch_size).
     decode_options: DecodingOptions fields — language, task ("transcribe" | "translate"),
         without_timestamps, suppress_tokens, suppress_blank, sample_len, best_of, beam_size,
         patience, length_penalty, prefix, max_initial_timestamp.
@@ -106,6 +111,8 @@ def transcribe(
     Calls that share a model are serialized (the kv caches and MLX graph are per call).
     """
     vad_options = vad.VadOptions.from_parameters(vad_parameters) if vad_filter or vad_parameters is not None else None
+    if on_segment is not None and (vad_filter or batch_size is not None):
+        raise ValueError("on_segment: only the sequential loop reports segments (not with vad_filter or batch_size)")
     if vad_filter:
         vad.require_onnxruntime()
     if model is None:
@@ -159,6 +166,7 @@ def transcribe(
             clip_timestamps=clip_timestamps,
             hallucination_silence_threshold=hallucination_silence_threshold,
             decode_options=decode_options,
+            on_segment=on_segment,
         )
 
 
@@ -310,7 +318,7 @@ def _get_end(segments: list[dict]) -> float | None:
 def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_ratio_threshold, logprob_threshold,
                 no_speech_threshold, condition_on_previous_text, initial_prompt, carry_initial_prompt,
                 word_timestamps, prepend_punctuations, append_punctuations, clip_timestamps,
-                hallucination_silence_threshold, decode_options, segment_times=None) -> dict:
+                hallucination_silence_threshold, decode_options, segment_times=None, on_segment=None) -> dict:
     """The seek loop over `audio`; `segment_times` (vad_filter) gives a segment's times in the
     original audio for the verbose lines (the caller maps the returned times)."""
     decode_options.pop("fp16", None)
@@ -505,6 +513,8 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
                     segment["tokens"] = []
                     segment["words"] = []
             all_segments.extend({"id": i, **s} for i, s in enumerate(current_segments, start=len(all_segments)))
+            for segment in all_segments[len(all_segments) - len(current_segments):] if on_segment else ():
+                on_segment(segment)
             all_tokens.extend(t for s in current_segments for t in s["tokens"])
             if not condition_on_previous_text or result.temperature > 0.5:
                 prompt_reset_since = len(all_tokens)
