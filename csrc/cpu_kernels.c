@@ -17,8 +17,8 @@
  * 6. The encoder's blocks (wm_encode) and each window's cross-attention keys/values
  *    (wm_cross_kv): products straight into their final layout, biases and norms in one pass,
  *    no per-layer transposes or temporaries.
- * 7. The greedy pick with openai-whisper's logit filters (wm_pick_greedy): one pass over the
- *    vocabulary per token instead of NumPy's several.
+ * 7. The pick with openai-whisper's logit filters (wm_pick): filters and the k best tokens of B
+ *    rows in one pass over each row's vocabulary instead of NumPy's several.
  *
  * Plain C, no Python API: whisper_mlx/cpu_kernels.py loads it with ctypes. Functions marked
  * WM_SIMD are compiled for AVX2+FMA (x86-64-v3) and for the baseline, chosen at load time by
@@ -705,7 +705,7 @@ int wm_encode(float *x, int t, int c, int n_head, int n_mlp, int n_layer, const 
     return 0;
 }
 
-/* ---- cross-attention keys/values, and the greedy pick ----------------------------------- */
+/* ---- cross-attention keys/values, and the pick ----------------------------------------- */
 
 /* Every decoder layer's cross-attention keys and values for one window's audio features
  * xa (s x c), computed once per window, transposed: layer l's keys at out + 2 l c s and values at
@@ -735,12 +735,17 @@ WM_SIMD static float max_of(const float *x, int lo, int hi) {
     return m;
 }
 
-/* The first index of the largest value in x[lo, hi) (hi > lo): the maximum, then a scan for it. */
+/* The first index of the largest value in x[lo, hi) (hi > lo): the maximum of each block of 256
+ * (vectorized), then a scan of the first block that holds the largest. */
 WM_SIMD static int argmax(const float *x, int lo, int hi) {
-    float m = max_of(x, lo, hi);
-    int j = lo;
-    while (x[j] != m) j++;
-    return j;
+    float m = x[lo];
+    int at = lo;
+    for (int b = lo; b < hi; b += 256) {
+        float bm = max_of(x, b, b + 256 < hi ? b + 256 : hi);
+        if (bm > m || b == lo) m = bm, at = b;
+    }
+    while (x[at] != m) at++;
+    return at;
 }
 
 /* log(sum(exp(x - m))) + m over x[lo, hi) given their maximum m: float sums over blocks of 512
@@ -757,47 +762,132 @@ WM_SIMD static float log_sum_exp(const float *x, int lo, int hi, float m) {
     return m + (float)log(sum);
 }
 
-/* One greedy pick over a row of logits x (n_vocab, edited in place) with openai-whisper's logit
- * filters, as decoding.py applies them in NumPy and gpu.select_token on a GPU.
- * state: tokens sampled so far, the last, the one before it, the last timestamp (-1: none);
- * suppress: n_vocab flags (1: never); blank: n_blank ids forbidden at the first position;
- * rules: timestamps on, timestamp_begin, eot, no_timestamps, max initial timestamp index (-1:
- * none). Returns the token; *logprob is its log probability after the filters. */
-WM_SIMD int wm_pick_greedy(float *x, int n_vocab, const int32_t *state, const uint8_t *suppress, const int32_t *blank,
-                   int n_blank, const int32_t *rules, float *logprob) {
+/* openai-whisper's logit filters on one row x (n_vocab, edited in place), as logit_rules.apply_numpy
+ * applies them: forbidden entries become WM_FORBID (and so do entries already below it, an
+ * input's -inf). state: tokens sampled so far, the last, the one before it, the last timestamp
+ * (-1: none); suppress: n_vocab flags (1: never); blank: n_blank ids forbidden at the first
+ * position; rules: logit_rules.LogitRules.packed. Returns the first index of the row's largest
+ * value where the timestamp rule already found it, else -1. */
+WM_SIMD static int filter_row(float *x, int n_vocab, const int32_t *state, const uint8_t *suppress,
+                              const int32_t *blank, int n_blank, const int32_t *rules) {
     int n = state[0], last = state[1], penult = state[2], last_ts = state[3], first = n == 0;
-    for (int j = 0; j < n_vocab; j++) x[j] = suppress[j] ? WM_FORBID : x[j];
+    for (int j = 0; j < n_vocab; j++) x[j] = suppress[j] || !(x[j] > WM_FORBID) ? WM_FORBID : x[j];
     if (first)
         for (int i = 0; i < n_blank; i++) x[blank[i]] = WM_FORBID;
-    if (rules[0]) {
-        int ts_begin = rules[1], eot = rules[2], no_ts = rules[3], max_ts = rules[4];
-        x[no_ts] = WM_FORBID;
-        int last_was_ts = n >= 1 && last >= ts_begin, penult_was_ts = n < 2 || penult >= ts_begin;
-        if (last_was_ts) {
-            if (penult_was_ts)
-                forbid(x, ts_begin, n_vocab);
-            else
-                forbid(x, 0, eot);
-        }
-        if (last_ts >= 0) { /* timestamps do not decrease */
-            int bound = last_was_ts && !penult_was_ts ? last_ts : last_ts + 1;
-            forbid(x, ts_begin, bound < n_vocab ? bound : n_vocab);
-        }
-        if (first) {
-            forbid(x, 0, ts_begin);
-            if (max_ts >= 0 && ts_begin + max_ts + 1 < n_vocab) forbid(x, ts_begin + max_ts + 1, n_vocab);
-        }
-        /* a timestamp when the timestamps' total probability beats every single text token */
-        int text = argmax(x, 0, ts_begin), ts = argmax(x, ts_begin, n_vocab);
-        if (log_sum_exp(x, ts_begin, n_vocab, x[ts]) > x[text]) {
-            forbid(x, 0, ts_begin);
-            text = ts;
-        }
-        int token = x[ts] > x[text] ? ts : text; /* the first of equal maxima, as argmax */
-        *logprob = x[token] - log_sum_exp(x, 0, n_vocab, x[token]);
-        return token;
+    if (!rules[0]) return -1;
+    int ts_begin = rules[1], eot = rules[2], no_ts = rules[3], max_ts = rules[4];
+    x[no_ts] = WM_FORBID;
+    int last_was_ts = n >= 1 && last >= ts_begin, penult_was_ts = n < 2 || penult >= ts_begin;
+    if (last_was_ts) {
+        if (penult_was_ts)
+            forbid(x, ts_begin, n_vocab);
+        else
+            forbid(x, 0, eot);
     }
-    int token = argmax(x, 0, n_vocab);
-    *logprob = x[token] - log_sum_exp(x, 0, n_vocab, x[token]);
-    return token;
+    if (last_ts >= 0) { /* timestamps do not decrease */
+        int bound = last_was_ts && !penult_was_ts ? last_ts : last_ts + 1;
+        forbid(x, ts_begin, bound < n_vocab ? bound : n_vocab);
+    }
+    if (first) {
+        forbid(x, 0, ts_begin);
+        if (max_ts >= 0 && ts_begin + max_ts + 1 < n_vocab) forbid(x, ts_begin + max_ts + 1, n_vocab);
+    }
+    /* a timestamp when the timestamps' total probability beats every single text token */
+    int text = argmax(x, 0, ts_begin), ts = argmax(x, ts_begin, n_vocab);
+    if (log_sum_exp(x, ts_begin, n_vocab, x[ts]) > x[text]) {
+        forbid(x, 0, ts_begin);
+        text = ts;
+    }
+    return x[ts] > x[text] ? ts : text; /* the first of equal maxima, as argmax */
+}
+
+/* The k largest values of x[0, n) into val/idx (k entries, largest first, equal values by lower
+ * index): one pass, a block skipped when its maximum cannot enter the list. */
+WM_SIMD static void top_k(const float *x, int n, int k, float *val, int64_t *idx) {
+    int count = 0;
+    for (int b = 0; b < n; b += 64) {
+        int e = b + 64 < n ? b + 64 : n;
+        if (count == k && max_of(x, b, e) <= val[k - 1]) continue;
+        for (int j = b; j < e; j++) {
+            float v = x[j];
+            if (count == k && v <= val[k - 1]) continue;
+            int i = count < k ? count++ : k - 1;
+            for (; i > 0 && val[i - 1] < v; i--) val[i] = val[i - 1], idx[i] = idx[i - 1];
+            val[i] = v, idx[i] = j;
+        }
+    }
+}
+
+#define WM_FORBID_BITS 0xf149f2caU /* WM_FORBID's bit pattern */
+#define WM_NEG_INF_BITS 0xff800000U
+
+/* Forbidden entries (WM_FORBID) become -inf, by bit pattern: the library is built with
+ * -ffast-math, under which the compiler may assume no float is infinite. */
+WM_SIMD static void forbidden_to_inf(float *x, long n) {
+    uint32_t *u = (uint32_t *)x;
+    for (long j = 0; j < n; j++) u[j] = u[j] == WM_FORBID_BITS ? WM_NEG_INF_BITS : u[j];
+}
+
+/* One row: filters, the k best tokens by log probability (best first, ties by lower id) and their
+ * log probabilities x[token] - log(sum(exp(x))) over the filtered row. */
+static void pick_row(float *x, int n_vocab, const int32_t *state, const uint8_t *suppress, const int32_t *blank,
+                     int n_blank, const int32_t *rules, int k, int64_t *tokens, float *logprobs) {
+    int best = filter_row(x, n_vocab, state, suppress, blank, n_blank, rules);
+    if (k == 1) {
+        tokens[0] = best >= 0 ? best : argmax(x, 0, n_vocab);
+        logprobs[0] = x[tokens[0]];
+    } else {
+        top_k(x, n_vocab, k, logprobs, tokens);
+    }
+    float lse = log_sum_exp(x, 0, n_vocab, logprobs[0]);
+    for (int i = 0; i < k; i++) {
+        union { uint32_t u; float f; } lp = {WM_NEG_INF_BITS};
+        if (logprobs[i] > WM_FORBID) lp.f = logprobs[i] - lse;
+        logprobs[i] = lp.f;
+    }
+    forbidden_to_inf(x, n_vocab);
+}
+
+typedef struct {
+    float *x;
+    int batch, n_vocab, n_blank, k;
+    const int32_t *state, *blank, *rules;
+    const uint8_t *suppress;
+    int64_t *tokens;
+    float *logprobs;
+    int next; /* the next row, taken atomically */
+} pick_job;
+
+static void *pick_worker(void *arg) {
+    pick_job *job = ((pick_job **)arg)[0];
+    for (;;) {
+        int b = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (b >= job->batch) break;
+        pick_row(job->x + (size_t)b * job->n_vocab, job->n_vocab, job->state + 4 * (size_t)b, job->suppress,
+                 job->blank, job->n_blank, job->rules, job->k, job->tokens + (size_t)b * job->k,
+                 job->logprobs + (size_t)b * job->k);
+    }
+    return NULL;
+}
+
+static int start_workers(void *(*fn)(void *), void *job, int n, pthread_t *threads, void *(*args)[2]);
+
+/* openai-whisper's logit filters and the k best tokens for each of `batch` rows of logits x
+ * (batch, n_vocab), edited in place: forbidden entries come out as -inf. Row b has its own state
+ * (4 int32 at state + 4 b, see filter_row); suppress, blank and rules are shared. tokens (batch, k)
+ * and logprobs (batch, k) receive each row's k best tokens by log probability after the filters,
+ * best first, ties by lower id (k = 1: greedy; beam search takes beam_size + 1), and their log
+ * probabilities (-inf for a forbidden one, where fewer than k are allowed). Rows are shared by up
+ * to n_threads threads. */
+void wm_pick(float *x, int batch, int n_vocab, const int32_t *state, const uint8_t *suppress, const int32_t *blank,
+             int n_blank, const int32_t *rules, int k, int64_t *tokens, float *logprobs, int n_threads) {
+    pick_job job = {x, batch, n_vocab, n_blank, k, state, blank, rules, suppress, tokens, logprobs, 0};
+    n_threads = n_threads > batch ? batch : n_threads;
+    n_threads = n_threads < 1 ? 1 : (n_threads > 64 ? 64 : n_threads);
+    pthread_t threads[64];
+    void *args[64][2];
+    int started = start_workers(pick_worker, &job, n_threads, threads, args);
+    args[0][0] = &job;
+    pick_worker(args[0]);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
 }

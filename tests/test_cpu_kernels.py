@@ -242,39 +242,3 @@ def test_decoder_kernel_decodes_real_speech_like_the_mlx_graph(tiny_en_fp32_dir,
         model.decoder.kernel = kernel
     assert with_kernel.tokens == with_graph.tokens and len(with_kernel.tokens) > 10
     assert with_kernel.avg_logprob == pytest.approx(with_graph.avg_logprob, abs=1e-4)
-
-
-@pytest.mark.parametrize("timestamps", [True, False])
-def test_greedy_picker_matches_the_numpy_logit_filters(timestamps):
-    """wm_pick_greedy against decoding.py's NumPy filters and greedy_update over 300 steps whose
-    logits sometimes favour timestamps (so every timestamp rule fires): same tokens, same log
-    probabilities."""
-    from whisper_mlx.decoding import apply_timestamp_rules, greedy_update, suppress_blank, suppress_tokens
-    from whisper_mlx.tokenizer import get_tokenizer
-
-    tok = get_tokenizer(False)
-    n_vocab, begin, max_index = 51864, 3, 50
-    suppress = (tok.transcribe, tok.sot, tok.no_speech, 220, 1000, 51000)
-    blank = tuple(tok.encode(" ") + [tok.eot])
-    filters = [suppress_blank(tok, begin), suppress_tokens(suppress)]
-    if timestamps:
-        filters.append(apply_timestamp_rules(tok, begin, max_index))
-    picker = cpu_kernels.GreedyPicker(
-        n_vocab, tok.eot, suppress, blank, (tok.timestamp_begin, tok.no_timestamps, max_index) if timestamps else None)
-    rng = np.random.default_rng(0)
-    tokens, total = np.array([[tok.sot, tok.sot + 1, tok.sot + 2]]), np.zeros(1)
-    seen = set()
-    for step in range(300):
-        logits = rng.normal(0, 3, (1, n_vocab)).astype(np.float32)
-        logits[0, tok.timestamp_begin:] += rng.choice([-20.0, 0.0, 6.0])  # timestamps lose, tie or win
-        logits[0, tok.eot] = -50.0  # keep going
-        expected = logits.copy()
-        for apply in filters:
-            apply(expected, tokens)
-        before = total.copy()
-        tokens, _ = greedy_update(tokens, expected, total, 0.0, tok.eot)
-        got, logprob = picker(logits[0].copy())
-        assert got == tokens[0, -1], step
-        assert logprob == pytest.approx(total[0] - before[0], abs=2e-5), step
-        seen.add("ts" if got >= tok.timestamp_begin else "text")
-    assert seen == {"ts", "text"}

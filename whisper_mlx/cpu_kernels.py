@@ -56,7 +56,8 @@ def load(blas_path: str) -> bool:
     lib.wm_decode_tokens.argtypes = ([_P, _P] + [ctypes.c_int] * 5 + [ctypes.c_long, ctypes.c_int, _P]
                                      + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int])
     lib.wm_cross_kv.argtypes = [_P] + [ctypes.c_int] * 3 + [_P, _P]
-    lib.wm_pick_greedy.argtypes = [_P, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, _P]
+    lib.wm_pick.argtypes = ([_P, ctypes.c_int, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, ctypes.c_int, _P, _P,
+                             ctypes.c_int])
     global _THREADS
     _LIB, _THREADS = lib, threads()
     return True
@@ -290,41 +291,38 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
     return out
 
 
-class GreedyPicker:
-    """openai-whisper's logit filters and the greedy pick for one sequence, in one C pass over the
-    logits (`wm_pick_greedy`) instead of NumPy's several full-vocabulary passes per token.
-    timestamp_rules: (timestamp_begin, no_timestamps, max initial timestamp index or -1), or None
-    when timestamps are off (as gpu.greedy takes them)."""
+def pick(logits: np.ndarray, state: np.ndarray, rules_packed: np.ndarray, suppress_mask: np.ndarray, blank,
+         k: int) -> tuple[np.ndarray, np.ndarray]:
+    """openai-whisper's logit filters and the k best tokens of B rows in one C pass per row
+    (`wm_pick`), the same function as `logit_rules.pick_numpy`.
 
-    def __init__(self, n_vocab: int, eot: int, suppress_ids, blank_ids, timestamp_rules: tuple[int, int, int] | None):
-        self.suppress = np.zeros(n_vocab, np.uint8)
-        self.suppress[list(suppress_ids)] = 1
-        self.blank = np.array(list(blank_ids) or [0], np.int32)
-        self.n_blank = len(blank_ids)
-        ts_begin, no_ts, max_ts = timestamp_rules or (n_vocab, n_vocab, -1)
-        self.rules = np.array([timestamp_rules is not None, ts_begin, eot, no_ts, max_ts], np.int32)
-        self.state = np.array([0, -1, -1, -1], np.int32)  # sampled so far, last, penultimate, last timestamp
-        self._logprob = np.zeros(1, np.float32)
-
-    def __call__(self, logits: np.ndarray) -> tuple[int, float]:
-        """The next token and its log probability; logits (n_vocab,) float32 are edited in place."""
-        assert logits.dtype == np.float32 and logits.flags.c_contiguous and logits.shape == self.suppress.shape
-        token = _LIB.wm_pick_greedy(logits.ctypes.data, logits.shape[0], self.state.ctypes.data,
-                                    self.suppress.ctypes.data, self.blank.ctypes.data, self.n_blank,
-                                    self.rules.ctypes.data, self._logprob.ctypes.data)
-        n, last, _, last_ts = self.state
-        self.state[:] = (n + 1, token, last, token if token >= self.rules[1] else last_ts)
-        return int(token), float(self._logprob[0])
-
-
-def pick(logits: np.ndarray, state: np.ndarray, rules_packed: np.ndarray, suppress_mask: np.ndarray,
-         blank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interim: the NumPy reference picker (the C one replaces it)."""
-    from .logit_rules import LogitRules, pick_numpy
-
-    on, ts_begin, eot, no_ts, max_ts = (int(v) for v in rules_packed)
-    rules = LogitRules(n_vocab=logits.shape[1], eot=eot, sample_begin=0,
-                       suppress=tuple(np.nonzero(suppress_mask)[0].tolist()), blank=tuple(blank.tolist()),
-                       timestamps=bool(on), timestamp_begin=ts_begin, no_timestamps=no_ts,
-                       max_initial_timestamp=None if max_ts < 0 else max_ts)
-    return pick_numpy(rules, logits, state, k)
+    logits (B, n_vocab) float32 C-contiguous, edited in place: the filters applied, forbidden
+    entries -inf (so a sampler can take a softmax of them); state (B, 4) int32, one
+    row state per row (see `logit_rules.LogitRules.state`); rules_packed `LogitRules.packed`; suppress_mask
+    `LogitRules.suppress_mask()`; blank the ids forbidden as a row's first sampled token; k >= 1
+    (1: greedy, beam search: beam_size + 1). Returns tokens int64 (B, k), best first by log
+    probability after the filters, ties by lower id, and their log probabilities float32 (B, k)."""
+    if not (isinstance(logits, np.ndarray) and logits.dtype == np.float32 and logits.ndim == 2
+            and logits.flags.c_contiguous and logits.flags.writeable):
+        raise ValueError("pick: logits must be a writable C-contiguous float32 (B, n_vocab) array")
+    b, n_vocab = logits.shape
+    state = np.ascontiguousarray(state, np.int32)
+    rules = np.ascontiguousarray(rules_packed, np.int32)
+    suppress = np.ascontiguousarray(suppress_mask, np.uint8)
+    blank = np.ascontiguousarray(np.asarray(blank, np.int32).reshape(-1))
+    if state.shape != (b, 4):
+        raise ValueError(f"pick: state must be ({b}, 4) for {b} rows of logits; got {state.shape}")
+    if suppress.shape != (n_vocab,) or rules.shape != (5,):
+        raise ValueError(f"pick: suppress_mask must be ({n_vocab},) and rules_packed (5,); got "
+                         f"{suppress.shape} and {rules.shape}")
+    if not 1 <= k <= n_vocab:
+        raise ValueError(f"pick: k must be in [1, {n_vocab}]; got {k}")
+    ids = np.concatenate([blank, rules[[2, 3]] if rules[0] else rules[[2]]])  # written to by the C loop
+    if int(ids.min()) < 0 or int(ids.max()) >= n_vocab or (rules[0] and not 0 <= rules[1] <= n_vocab):
+        raise ValueError(f"pick: blank ids and rules_packed's token ids must be in [0, {n_vocab}); got "
+                         f"blank {blank.tolist()}, rules {rules.tolist()}")
+    tokens = np.empty((b, k), np.int64)
+    logprobs = np.empty((b, k), np.float32)
+    _LIB.wm_pick(logits.ctypes.data, b, n_vocab, state.ctypes.data, suppress.ctypes.data, blank.ctypes.data,
+                 len(blank), rules.ctypes.data, k, tokens.ctypes.data, logprobs.ctypes.data, min(_THREADS, b))
+    return tokens, logprobs
