@@ -358,8 +358,9 @@ enum {
     L_MLP_LN_W, L_MLP_LN_B, L_FC1_W, L_FC1_B, L_FC2_W, L_FC2_B, L_PARAMS
 };
 /* Each layer's caches: self-attention keys and values (batch, n_ctx, n_state), written at the
- * new positions; cross-attention keys (batch, n_head, d, n_audio_ctx) and values
- * (batch, n_head, n_audio_ctx, d), projected once per window. */
+ * new positions; cross-attention keys and values, each (n_state, n_audio_ctx) = per head
+ * (d, n_audio_ctx), projected once per window (wm_cross_kv): row b reads window cross_index[b]'s,
+ * cross_stride floats apart. */
 enum { C_SELF_K, C_SELF_V, C_CROSS_K, C_CROSS_V, C_CACHES };
 
 /* After the layers, the table holds the decoder's own parameters: positional embedding
@@ -370,9 +371,9 @@ typedef struct {
     const float *const *params;
     float *const *caches;
     int n_layer, c, n_head, d, n_ctx, s_a, n_vocab, batch, t, offset, end, n, n_rows, n_threads;
-    long cross_stride; /* floats between batch rows of the cross-attention keys/values */
+    long cross_stride; /* floats between windows of the cross-attention keys/values */
     float alpha;
-    const int32_t *tokens, *rows;
+    const int32_t *tokens, *rows, *cross_index; /* cross_index: each row's window */
     float *x, *q, *o, *mlp, *logits;
     float *scratch; /* per thread: t * max(S, end) weights, t sums, n * c normed rows */
     size_t scratch_floats;
@@ -522,7 +523,8 @@ static void step_thread(step_job *job, int k) {
         barrier(job, &sense);
         for (int item = k; item < h_items; item += nt) {
             int b = item / job->n_head, hd = item % job->n_head;
-            size_t row = (size_t)b * t * c + hd * d, at = (size_t)b * job->cross_stride + (size_t)hd * d * s_a;
+            size_t row = (size_t)b * t * c + hd * d,
+                   at = (size_t)job->cross_index[b] * job->cross_stride + (size_t)hd * d * s_a;
             head_attention(job->q + row, c, cache[C_CROSS_K] + at, 0, 1, cache[C_CROSS_V] + at, 0, job->o + row,
                            c, t, s_a, d, job->alpha, -1, w, sums);
         }
@@ -568,14 +570,15 @@ static void *step_worker(void *arg) {
 }
 
 /* Decode `t` new tokens for each of `batch` sequences at positions offset..offset+t-1: token
- * embedding, every decoder layer (self-attention appending to the kv_cache, cross-attention,
- * MLP), final norm and logits for the rows listed in `rows` (indices into the t new tokens),
- * written to logits (batch, n_rows, n_vocab). Threads split every product by output columns and
+ * embedding, every decoder layer (self-attention appending to the kv_cache, cross-attention over
+ * the window cross_index[b] of sequence b, MLP), final norm and logits for the rows listed in
+ * `rows` (indices into the t new tokens), written to logits (batch, n_rows, n_vocab). Threads split every product by output columns and
  * the attention by heads, meeting at a barrier between dependent phases; the BLAS runs on one
  * thread meanwhile. Returns 0, -1 out of memory, -2 past n_ctx. */
 int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
-                     int n_ctx, int n_audio_ctx, long cross_stride, int n_vocab, const int32_t *tokens, int batch, int t,
-                     int offset, const int32_t *rows, int n_rows, float *logits, int n_threads) {
+                     int n_ctx, int n_audio_ctx, long cross_stride, const int32_t *cross_index, int n_vocab,
+                     const int32_t *tokens, int batch, int t, int offset, const int32_t *rows, int n_rows, float *logits,
+                     int n_threads) {
     if (offset + t > n_ctx) return -2;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 64) n_threads = 64;
@@ -584,7 +587,7 @@ int wm_decode_tokens(const float *const *params, float *const *caches, int n_lay
                     .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .cross_stride = cross_stride, .n_vocab = n_vocab, .batch = batch,
                     .t = t, .offset = offset, .end = end, .n = n, .n_rows = n_rows, .n_threads = n_threads,
                     .alpha = 1.4426950408889634f / sqrtf((float)(c / n_head)), .tokens = tokens, .rows = rows,
-                    .logits = logits, .hrows = n > batch * n_rows ? n : batch * n_rows};
+                    .logits = logits, .cross_index = cross_index, .hrows = n > batch * n_rows ? n : batch * n_rows};
     /* per thread: attention weights and sums, normed rows, and for many rows a float32 weight slice */
     size_t tmp = n > WM_DOT_ROWS ? (size_t)(4 * c / n_threads + 16) * 4 * c : 0;
     job.scratch_floats = ((size_t)t * s_max + t + (size_t)job.hrows * c + tmp + 15) & ~(size_t)15;

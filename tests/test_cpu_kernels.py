@@ -1,10 +1,8 @@
-"""The C kernels (csrc/cpu_kernels.c) against plain MLX/NumPy math, and the encoder with them
-against the encoder without them (WHISPER_MLX_KERNELS=none) on real weights."""
+"""The C kernels (csrc/cpu_kernels.c) against plain MLX/NumPy math, and the C encoder and decoder
+against model.py's MLX graph on real weights and speech. The pick (wm_pick) is in test_pickers.py."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import whisper_mlx  # noqa: I001  (first: loads the kernels and OpenBLAS before mlx.core)
@@ -12,8 +10,7 @@ import whisper_mlx  # noqa: I001  (first: loads the kernels and OpenBLAS before 
 import mlx.core as mx
 import numpy as np
 import pytest
-from whisper_mlx import runtime, cpu_kernels
-from whisper_mlx.model import gelu
+from whisper_mlx import cpu_kernels, runtime
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C kernels are built on Linux only")
 
@@ -57,14 +54,16 @@ def test_attention_batches_and_strided_inputs():
 
 
 def test_gelu_matches_erf_gelu():
-    x = mx.array(np.linspace(-9, 9, 100_003, dtype=np.float32))
-    expected = np.array(gelu(x))
-    x_erf = np.linspace(-9, 9, 100_003)
-    exact = 0.5 * x_erf * (1 + np.vectorize(__import__("math").erf)(x_erf / np.sqrt(2)))
-    got = np.array(cpu_kernels.gelu_(mx.array(np.array(x))))
-    # float32 roundings of x * (1 + erf): fused multiply-adds round differently from MLX's ops
-    np.testing.assert_allclose(got, expected, rtol=3e-7, atol=1.5e-6)
+    """wm_gelu (the rational erf of assets/gelu_coeffs.h) against the exact erf GELU and MLX's."""
+    import math
+
+    import mlx.nn as nn
+
+    x = np.linspace(-9, 9, 100_003, dtype=np.float32)
+    exact = 0.5 * x.astype(np.float64) * (1 + np.vectorize(math.erf)(x.astype(np.float64) / np.sqrt(2)))
+    got = np.array(cpu_kernels.gelu_(mx.array(x)))
     np.testing.assert_allclose(got, exact, rtol=3e-7, atol=2e-6)
+    np.testing.assert_allclose(got, np.array(nn.gelu(mx.array(x))), rtol=1e-6, atol=2e-6)
 
 
 @pytest.mark.parametrize("transpose_w", [False, True])
@@ -89,31 +88,17 @@ def test_doctor_reports_the_kernels():
     assert runtime.report()["cpu_kernels"].endswith(cpu_kernels.library_path().name)
 
 
-ENCODE = """
-import json, sys
-import whisper_mlx, mlx.core as mx, numpy as np
-from whisper_mlx.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
-m = whisper_mlx.load_model(sys.argv[1])
-mel = pad_or_trim(log_mel_spectrogram(load_audio(sys.argv[2]), padding=N_SAMPLES), N_FRAMES, axis=0)
-np.save(sys.argv[3], np.array(m.embed_audio(mel[None])))
-from whisper_mlx import cpu_kernels
-print(json.dumps({"kernels": cpu_kernels.available()}))
-"""
+def test_encoder_kernel_matches_the_mlx_encoder(tiny_en_fp32_dir, clips):
+    """The C encoder (wm_encode, the cpu backend's) on real speech computes model.py's encoder."""
+    from whisper_mlx.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+    from whisper_mlx.backends.cpu import CpuBackend
+    from whisper_mlx.backends.mlx import MlxBackend
 
-
-def test_encoder_with_kernels_matches_mlx_kernels(tiny_en_fp32_dir, clips, tmp_path):
-    """The encoder output on real speech is the same function with and without the C kernels."""
-    audio = str(clips["en_weather"].path)
-    outs = {}
-    for kernels in ("auto", "none"):
-        env = {"WHISPER_MLX_KERNELS": kernels}
-        path = tmp_path / f"{kernels}.npy"
-        proc = subprocess.run([sys.executable, "-c", ENCODE, str(tiny_en_fp32_dir), audio, str(path)],
-                              capture_output=True, text=True, env={**__import__("os").environ, **env}, check=True)
-        assert json.loads(proc.stdout.strip().splitlines()[-1])["kernels"] is (kernels == "auto")
-        outs[kernels] = np.load(path)
-    diff = np.abs(outs["auto"] - outs["none"])
-    assert diff.max() < 2e-3 * np.abs(outs["none"]).max(), diff.max()
+    model = whisper_mlx.load_model(tiny_en_fp32_dir, backend="mlx")
+    mel = pad_or_trim(log_mel_spectrogram(load_audio(str(clips["en_weather"].path)), padding=N_SAMPLES),
+                      N_FRAMES, axis=0)[None]
+    got, want = np.array(CpuBackend(model).encode(mel)), np.array(MlxBackend(model).encode(mel))
+    assert np.abs(got - want).max() < 2e-3 * np.abs(want).max(), np.abs(got - want).max()
 
 
 @pytest.mark.parametrize("rows", [1, 5])
@@ -128,28 +113,27 @@ def test_float16_logits_equal_float32_product(rows):
     np.testing.assert_allclose(out, h.astype(np.float64) @ w16.T.astype(np.float64), rtol=1e-5, atol=1e-5)
 
 
-def test_embedding_goes_float16_only_when_exact():
-    """Float16 storage only where it holds the weights exactly; lookups and logits unchanged."""
-    from whisper_mlx.model import TextDecoder
+def _decoder_kernel(dec) -> cpu_kernels.DecoderKernel:
+    """The C decoder's table for a TextDecoder whose weight matrices and token embedding float16
+    holds exactly (converted checkpoints): those in float16, the rest float32, as the cpu backend
+    builds it."""
+    from mlx.utils import tree_flatten
 
-    rng = np.random.default_rng(0)
-    x = mx.array(rng.normal(size=(1, 2, 16)).astype(np.float32))
-    for exact in (True, False):
-        dec = TextDecoder(n_vocab=300, n_ctx=8, n_state=16, n_head=2, n_layer=1)
-        w = rng.normal(size=(300, 16)).astype(np.float16).astype(np.float32)
-        if not exact:
-            w[5, 3] += 1e-6
-        dec.token_embedding.weight = mx.array(w)
-        expected = np.array(dec.ln(x)).astype(np.float64) @ w.T.astype(np.float64)
-        dec.transpose_embedding()
-        assert (dec._embedding16 is not None) is exact
-        np.testing.assert_array_equal(np.array(dec.embed(mx.array([[3, 5]]), 0)), w[[3, 5]][None])
-        np.testing.assert_allclose(np.array(dec.logits(x)), expected, rtol=1e-5, atol=1e-5)
+    def half(w):
+        w16 = w.astype(mx.float16)
+        assert mx.array_equal(w16.astype(mx.float32), w).item(), "not float16-exact"
+        return w16
+
+    layers = []
+    for block in dec.blocks:
+        params = dict(tree_flatten(block.parameters()))
+        layers.append({name: half(w) if name in cpu_kernels.FLOAT16_PARAMS else w for name, w in params.items()})
+    return cpu_kernels.decoder_kernel(layers, dec.blocks[0].attn.n_head, dec.positional_embedding, dec.ln.weight,
+                                      dec.ln.bias, np.array(half(dec.token_embedding.weight)))
 
 
-def _small_decoder(seed: int = 0, inexact: str | None = None):
-    """A 2-layer text decoder with random float16-exact weights (as converted checkpoints are),
-    but for the `inexact` parameter, prepared for the CPU."""
+def _small_decoder(seed: int = 0):
+    """A 2-layer text decoder with random float16-exact weights (as converted checkpoints are)."""
     from mlx.utils import tree_flatten, tree_unflatten
     from whisper_mlx.model import TextDecoder
 
@@ -158,87 +142,109 @@ def _small_decoder(seed: int = 0, inexact: str | None = None):
     params = {k: mx.array((rng.normal(size=v.shape) * 0.3).astype(np.float16).astype(np.float32))
               for k, v in tree_flatten(dec.parameters())}
     params["blocks.0.attn.key.weight"] = params["blocks.0.attn.key.weight"] * 2  # sharper attention
-    if inexact:
-        params[inexact] = params[inexact] + 1e-6
     dec.update(tree_unflatten(list(params.items())))
-    dec.prepare_cpu()
     return dec, rng
 
 
-class _Model:
-    """The decoder alone, as decoding's Inference classes see a model."""
+class _Graph:
+    """model.py's decoder graph over rows: cross-attention keys/values repeated per row (the
+    straightforward layout the C cache's per-window one must match), caches reindexed by row."""
 
-    def __init__(self, decoder):
-        self.decoder = decoder
+    def __init__(self, dec, features: mx.array, rows: int):
+        per = rows // features.shape[0]
+        self.dec, self.kv = dec, None
+        self.cross = [(mx.repeat(k, per, axis=0), mx.repeat(v, per, axis=0)) for k, v in dec.cross_kv(features)]
+
+    def logits(self, tokens: np.ndarray, rows) -> np.ndarray:
+        hidden, self.kv = self.dec(mx.array(tokens), self.cross, self.kv)
+        return np.array(self.dec.logits(hidden[:, list(rows)]))
+
+    def rearrange(self, source_rows) -> None:
+        idx = mx.array(source_rows)
+        self.kv = [(k[idx], v[idx]) for k, v in self.kv]
+        self.cross = [(k[idx], v[idx]) for k, v in self.cross]
 
 
 def test_decoder_kernel_matches_the_mlx_decoder():
-    """Prompt rows, single steps, a batch and beam reordering: the C decoder's logits equal the
-    MLX graph's (same weights, same kv_cache semantics)."""
-    from whisper_mlx.decoding import Inference, KernelInference
-
+    """Two windows, three rows each: prompt rows, single steps, rows reordered across windows,
+    dropped and grown back: the C decoder's logits equal the MLX graph's with cross-attention
+    keys/values held once per window."""
     dec, rng = _small_decoder()
-    assert dec.kernel is not None
-    features = mx.array(rng.normal(size=(3, 37, 64)).astype(np.float32))
-    tokens = rng.integers(0, 700, size=(3, 6))
-    graph, kernel = Inference(_Model(dec), features), KernelInference(_Model(dec), features)
+    kernel = _decoder_kernel(dec)
+    features = mx.array(rng.normal(size=(2, 37, 64)).astype(np.float32))
+    tokens = rng.integers(0, 700, size=(6, 5))
+    graph, cache = _Graph(dec, features, 6), cpu_kernels.DecoderCache(kernel, features, 6)
+    assert cache.cross.shape[0] == 2 and cache.rows == 6 and cache.cross_index.tolist() == [0, 0, 0, 1, 1, 1]
+    reorders = {4: [2, 2, 0, 5, 3, 3], 7: [4, 0, 1], 9: [2, 2, 1, 0]}  # permute, drop rows, grow to 4
     for step in range(12):
         rows = (1, -1) if step == 0 else (-1,)
-        expected, got = graph.logits(tokens, rows=rows), kernel.logits(tokens, rows=rows)
-        assert got.shape == expected.shape == (3, len(rows), 700)
-        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
-        if step == 5:  # beam search keeps rows 2, 2, 0
-            graph.rearrange_kv_cache([2, 2, 0])
-            kernel.rearrange_kv_cache([2, 2, 0])
-            tokens = tokens[[2, 2, 0]]
+        new = tokens if step == 0 else tokens[:, -1:]
+        expected = graph.logits(new, rows)
+        got = cpu_kernels.decode_tokens(kernel, cache, new, [r % new.shape[1] for r in rows])
+        assert got.shape == expected.shape == (len(tokens), len(rows), 700)
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4, err_msg=f"step {step}")
         tokens = np.concatenate([tokens, expected[:, -1].argmax(-1)[:, None]], axis=1)
+        if step in reorders:
+            graph.rearrange(reorders[step])
+            cache.rearrange(reorders[step])
+            tokens = tokens[reorders[step]]
+            assert cache.rows == len(tokens)
+    assert cache.cross_index.tolist() == [0, 0, 0, 1]  # rows 2, 2, 1, 0 of windows (1, 0, 0)
 
 
-def test_decoder_kernel_stops_at_the_context_length():
-    dec, rng = _small_decoder(1)
-    cache = cpu_kernels.DecoderCache(dec.kernel, mx.zeros((1, 5, 64)), 1)
-    cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 39), np.int32), [-1])
-    cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
+def test_decoder_cache_rejects_bad_shapes_and_stops_at_the_context_length():
+    dec, _ = _small_decoder(1)
+    kernel = _decoder_kernel(dec)
+    with pytest.raises(ValueError, match=r"rows \(3\) must be a positive multiple of the windows \(2\)"):
+        cpu_kernels.DecoderCache(kernel, mx.zeros((2, 5, 64)), 3)
+    cache = cpu_kernels.DecoderCache(kernel, mx.zeros((1, 5, 64)), 2)
+    with pytest.raises(ValueError, match=r"tokens must be \(2, t >= 1\)"):
+        cpu_kernels.decode_tokens(kernel, cache, np.zeros((1, 3), np.int32), [-1])
+    cpu_kernels.decode_tokens(kernel, cache, np.zeros((2, 39), np.int32), [-1])
+    cpu_kernels.decode_tokens(kernel, cache, np.zeros((2, 1), np.int32), [-1])
     with pytest.raises(ValueError, match="context is 40 tokens; got 41"):
-        cpu_kernels.decode_tokens(dec.kernel, cache, np.zeros((1, 1), np.int32), [-1])
+        cpu_kernels.decode_tokens(kernel, cache, np.zeros((2, 1), np.int32), [-1])
     for bad in (700, -1):  # the embedding has 700 rows: no read outside it
         with pytest.raises(ValueError, match=r"token ids must be in \[0, 700\)"):
-            cpu_kernels.decode_tokens(dec.kernel, cache, np.array([[bad]]), [-1])
+            cpu_kernels.decode_tokens(kernel, cache, np.array([[bad], [0]]), [-1])
+    for bad in ([2], [0, 1, 1], []):  # a row that is not there, more rows than the cache holds, none
+        with pytest.raises(ValueError, match="rearrange: source rows"):
+            cache.rearrange(bad)
 
 
-@pytest.mark.parametrize("inexact", [None, "token_embedding.weight", "blocks.1.mlp.0.weight"])
-def test_decoder_kernel_keeps_weight_matrices_in_float16_only_when_exact(inexact):
-    """prepare_cpu keeps the decoder's weight matrices in float16 (the kernel reads those) only
-    where float16 holds them and the embedding exactly; otherwise nothing changes and the MLX
-    graph decodes."""
-    from mlx.utils import tree_flatten
-
-    dec, _ = _small_decoder(inexact=inexact)
-    dtypes = {name: p.dtype for name, p in tree_flatten(dec.blocks[1].parameters())}
-    halves = {name for name, dtype in dtypes.items() if dtype == mx.float16}
-    if inexact is None:
-        assert dec.kernel is not None and halves == cpu_kernels.FLOAT16_PARAMS
-    else:
-        assert dec.kernel is None and not halves
-
-
-@pytest.mark.parametrize("beam_size", [None, 3])
-def test_decoder_kernel_decodes_real_speech_like_the_mlx_graph(tiny_en_fp32_dir, clips, beam_size):
-    """tiny.en on real speech: the same tokens and log probability through the C decoder as
-    through the MLX graph, greedy and with beam search."""
+def test_decoder_kernel_follows_the_mlx_graph_on_real_speech(tiny_en_fp32_dir, clips):
+    """tiny.en on two real windows, two rows each, tokens picked by the C picker (each window's
+    second row takes its second-best token, so rows differ), rows reordered like beams and then
+    dropped like finished ones: the C decoder's logits stay the MLX graph's at every step."""
     from whisper_mlx.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
-    from whisper_mlx.decoding import decode, embed_audio
+    from whisper_mlx.logit_rules import LogitRules
+    from whisper_mlx.tokenizer import get_tokenizer
 
-    model = whisper_mlx.load_model(tiny_en_fp32_dir)
-    assert model.decoder.kernel is not None, "load_model did not prepare the C decoder on the CPU"
-    mel = pad_or_trim(log_mel_spectrogram(load_audio(str(clips["en_weather"].path)), padding=N_SAMPLES),
-                      N_FRAMES, axis=0)
-    features = embed_audio(model, mel[None])[0]
-    with_kernel = decode(model, features, language="en", beam_size=beam_size)
-    kernel, model.decoder.kernel = model.decoder.kernel, None
-    try:
-        with_graph = decode(model, features, language="en", beam_size=beam_size)
-    finally:
-        model.decoder.kernel = kernel
-    assert with_kernel.tokens == with_graph.tokens and len(with_kernel.tokens) > 10
-    assert with_kernel.avg_logprob == pytest.approx(with_graph.avg_logprob, abs=1e-4)
+    model = whisper_mlx.load_model(tiny_en_fp32_dir, backend="mlx")
+    dec = model.decoder
+    kernel = _decoder_kernel(dec)
+    mels = [pad_or_trim(log_mel_spectrogram(load_audio(str(clips[name].path)), padding=N_SAMPLES), N_FRAMES, axis=0)
+            for name in ("en_weather", sorted(c for c in clips if c != "en_weather")[0])]
+    features = model.embed_audio(mx.stack(mels))
+    tok = get_tokenizer(False, language="en")
+    prompt = list(tok.sot_sequence)
+    rules = LogitRules(n_vocab=model.dims.n_vocab, eot=tok.eot, sample_begin=len(prompt),
+                       suppress=tuple(tok.non_speech_tokens), blank=tuple(tok.encode(" ") + [tok.eot]),
+                       timestamps=True, timestamp_begin=tok.timestamp_begin, no_timestamps=tok.no_timestamps,
+                       max_initial_timestamp=50)
+    tokens = np.array([prompt] * 4)
+    graph, cache = _Graph(dec, features, 4), cpu_kernels.DecoderCache(kernel, features, 4)
+    reorders = {6: [1, 1, 3, 2], 12: [0, 3]}
+    for step in range(18):
+        new = tokens if step == 0 else tokens[:, -1:]
+        expected = graph.logits(new, [-1])[:, 0]
+        got = cpu_kernels.decode_tokens(kernel, cache, new, [-1])[:, 0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-3, err_msg=f"step {step}")
+        picked, _ = cpu_kernels.pick(got, rules.state(tokens), rules.packed, rules.suppress_mask(), rules.blank, 2)
+        choice = picked[np.arange(len(tokens)), np.arange(len(tokens)) % 2]
+        tokens = np.concatenate([tokens, choice[:, None]], axis=1)
+        if step in reorders:
+            graph.rearrange(reorders[step])
+            cache.rearrange(reorders[step])
+            tokens = tokens[reorders[step]]
+    assert cache.cross_index.tolist() == [0, 1] and (tokens[:, len(prompt):] < tok.eot).sum() > 10

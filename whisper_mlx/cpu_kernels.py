@@ -1,11 +1,13 @@
 """The C kernels of csrc/cpu_kernels.c, for the hot spots MLX's Linux CPU backend leaves slow.
 
-`load` runs before `mlx.core` is imported (backend.py calls it): the library's `cblas_sgemm`
+`load` runs before `mlx.core` is imported (runtime.py calls it): the library's `cblas_sgemm`
 must come first in the global symbol namespace so one-row products reach `cblas_sgemv`.
 `attention` and `gelu_` work on evaluated MLX arrays through zero-copy NumPy views.
-`decode_tokens` runs the decoder's whole step over a `DecoderKernel` (the parameter table) and a
-`DecoderCache` (its kv_cache). Without the compiled library (not Linux, or no compiler at install) `available()` is False
-and the model keeps MLX's own kernels.
+`decode_tokens` runs the decoder's whole step for B rows over a `DecoderKernel` (the parameter
+table) and a `DecoderCache` (its kv_cache: cross-attention per window, self-attention per row,
+rows reordered or dropped by `rearrange`); `pick` applies the logit filters and picks each row's
+k best tokens. Without the compiled library (not Linux, or no compiler at install) `available()`
+is False and the model keeps MLX's own kernels (backends/cpu.py is not offered).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def load(blas_path: str) -> bool:
     lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
     lib.wm_encode.argtypes = [_P] + [ctypes.c_int] * 5 + [_P, _P, ctypes.c_int]
-    lib.wm_decode_tokens.argtypes = ([_P, _P] + [ctypes.c_int] * 5 + [ctypes.c_long, ctypes.c_int, _P]
+    lib.wm_decode_tokens.argtypes = ([_P, _P] + [ctypes.c_int] * 5 + [ctypes.c_long, _P, ctypes.c_int, _P]
                                      + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int])
     lib.wm_cross_kv.argtypes = [_P] + [ctypes.c_int] * 3 + [_P, _P]
     lib.wm_pick.argtypes = ([_P, ctypes.c_int, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, ctypes.c_int, _P, _P,
@@ -235,54 +237,74 @@ def decoder_kernel(layers: list[dict], n_head: int, positional_embedding, ln_wei
 
 
 class DecoderCache:
-    """The kv_cache of `decode_tokens`: self-attention keys/values (n_layer, batch, n_ctx,
-    n_state), written in place (pages are touched only as positions fill), and every layer's
-    cross-attention keys and values for the window, transposed (batch, n_layer, 2, n_state,
-    n_audio_ctx) by one C call (`wm_cross_kv`), so each head's block streams contiguously."""
+    """The kv_cache of `decode_tokens` for `rows` sequences over a batch of audio windows.
 
-    def __init__(self, kernel: DecoderKernel, audio_features, batch: int):
-        import mlx.core as mx
+    audio_features (n_audio, n_audio_ctx, n_state): the windows; rows is a multiple of n_audio,
+    row r starting on window r // (rows // n_audio) (beams or samples of a window are consecutive).
+    Every layer's cross-attention keys and values are computed once per window by one C call
+    (`wm_cross_kv`), transposed (n_audio, n_layer, 2, n_state, n_audio_ctx) so each head's block
+    streams contiguously; each row reads its window's through `cross_index`. Self-attention keys
+    and values (n_layer, rows, n_ctx, n_state) are written in place; pages are touched only as
+    positions fill, so the allocation costs what the rows use."""
 
-        if audio_features.shape[0] != batch:  # interim: cross keys/values per row
-            audio_features = mx.repeat(audio_features, batch // audio_features.shape[0], axis=0)
-        shape = (kernel.n_layer, batch, kernel.n_ctx, kernel.n_state)
-        self.self_k, self.self_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    def __init__(self, kernel: DecoderKernel, audio_features, rows: int):
         _, (xa,) = _evaluated(audio_features)
-        b, self.n_audio_ctx, c = xa.shape
-        assert b == batch and c == kernel.n_state, (xa.shape, batch, kernel.n_state)
-        self.cross = np.empty((batch, kernel.n_layer, 2, c, self.n_audio_ctx), np.float32)
-        for i in range(batch):
+        if xa.ndim != 3 or xa.shape[2] != kernel.n_state:
+            raise ValueError(f"audio_features must be (windows, n_audio_ctx, {kernel.n_state}); got {xa.shape}")
+        n_audio, self.n_audio_ctx, c = xa.shape
+        if rows < 1 or rows % n_audio:
+            raise ValueError(f"rows ({rows}) must be a positive multiple of the windows ({n_audio})")
+        shape = (kernel.n_layer, rows, kernel.n_ctx, kernel.n_state)
+        self.self_k, self.self_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        self.cross = np.empty((n_audio, kernel.n_layer, 2, c, self.n_audio_ctx), np.float32)
+        for i in range(n_audio):
             _LIB.wm_cross_kv(xa[i].ctypes.data, self.n_audio_ctx, c, kernel.n_layer, kernel.cross_table,
                              self.cross[i].ctypes.data)
+        self.cross_index = np.repeat(np.arange(n_audio, dtype=np.int32), rows // n_audio)  # row -> window
         self.table = _pointers(
             [a for layer in range(kernel.n_layer)
              for a in (self.self_k[layer], self.self_v[layer], self.cross[0, layer, 0], self.cross[0, layer, 1])]
         )
         self.offset = 0
-        self.rows = batch
 
-    def rearrange(self, source_indices: list[int]) -> None:
-        """Reorder the batch rows (beam search keeps the best continuations)."""
-        idx, n = np.asarray(source_indices), self.offset
-        self.self_k[:, : len(idx), :n] = self.self_k[:, idx, :n]
-        self.self_v[:, : len(idx), :n] = self.self_v[:, idx, :n]
-        self.cross[: len(idx)] = self.cross[idx]
-        self.rows = len(idx)
+    @property
+    def rows(self) -> int:
+        """The current number of rows (sequences)."""
+        return len(self.cross_index)
+
+    def rearrange(self, source_rows) -> None:
+        """New row i continues old row source_rows[i]: its self-attention keys/values so far and its
+        window. Fewer rows than now drop the others (finished sequences); at most as many as the
+        cache was made for. Only rows that change are copied."""
+        idx = np.asarray(source_rows, np.intp).reshape(-1)
+        capacity = self.self_k.shape[1]
+        if not 1 <= len(idx) <= capacity or (len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < self.rows):
+            raise ValueError(f"rearrange: source rows must be 1 to {capacity} indices in [0, {self.rows}); "
+                             f"got {idx.tolist()}")
+        moved = np.nonzero(idx != np.arange(len(idx)))[0]
+        if len(moved):
+            n, src = self.offset, idx[moved]
+            # the right-hand sides are copies, so a row both read and overwritten is read first
+            self.self_k[:, moved, :n] = self.self_k[:, src, :n]
+            self.self_v[:, moved, :n] = self.self_v[:, src, :n]
+        self.cross_index = np.ascontiguousarray(self.cross_index[idx])
 
 
 def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray, rows: list[int]) -> np.ndarray:
-    """Feed new tokens (batch, t) at positions cache.offset.. through the whole decoder; returns
-    the logits (batch, len(rows), n_vocab) float32 at the given rows of the t new tokens."""
+    """Feed new tokens (cache.rows, t) at positions cache.offset.. through the whole decoder; returns
+    the logits (cache.rows, len(rows), n_vocab) float32 at the given rows of the t new tokens."""
     tokens = np.ascontiguousarray(tokens, np.int32)
+    if tokens.ndim != 2 or tokens.shape[0] != cache.rows or tokens.shape[1] < 1:
+        raise ValueError(f"tokens must be ({cache.rows}, t >= 1), one row per sequence; got {tokens.shape}")
     batch, t = tokens.shape
-    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < kernel.n_vocab:
+    if not 0 <= int(tokens.min()) <= int(tokens.max()) < kernel.n_vocab:
         raise ValueError(f"token ids must be in [0, {kernel.n_vocab}); got {tokens.min()}..{tokens.max()}")
     rows_c = np.array([r % t for r in rows], np.int32)
     out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
     rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,
-                               kernel.n_ctx, cache.n_audio_ctx, cache.cross[0].size, kernel.n_vocab, tokens.ctypes.data, batch, t,
-                               cache.offset, rows_c.ctypes.data, len(rows_c), out.ctypes.data,
-                               min(_THREADS, DECODER_THREADS))
+                               kernel.n_ctx, cache.n_audio_ctx, cache.cross[0].size, cache.cross_index.ctypes.data,
+                               kernel.n_vocab, tokens.ctypes.data, batch, t, cache.offset, rows_c.ctypes.data,
+                               len(rows_c), out.ctypes.data, min(_THREADS, DECODER_THREADS))
     if rc == -2:
         raise ValueError(f"the decoder's context is {kernel.n_ctx} tokens; got {cache.offset + t}")
     if rc != 0:
