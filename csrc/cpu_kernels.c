@@ -31,6 +31,13 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 /* x86-64-v3 = AVX2 + FMA + F16C, chosen by feature: "arch=haswell" is chosen by CPU model, which
@@ -378,21 +385,83 @@ typedef struct {
     float *scratch; /* per thread: t * max(S, end) weights, t sums, n * c normed rows */
     size_t scratch_floats;
     int hrows;        /* rows of each thread's normed copy of x */
-    int count, sense; /* spin barrier */
+    int count, sense; /* barrier: threads arrived, and the phase's parity */
     int go;           /* set once every thread is started and n_threads is final */
+    int sleepers;     /* threads asleep (or about to be) on sense or go */
 } step_job;
 
-/* All threads wait here until every one has arrived (sense-reversing spin barrier; yields
- * the CPU after a while so an oversubscribed machine still makes progress). */
+/* ---- waiting: spin briefly, then sleep on a futex ---------------------------------------- */
+
+#ifdef __linux__
+static void futex_wait(int *word, int value) { syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0); }
+static void futex_wake_all(int *word) { syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0); }
+#else
+static void futex_wait(int *word, int value) { (void)word, (void)value, sched_yield(); }
+static void futex_wake_all(int *word) { (void)word; }
+#endif
+
+#ifndef WM_SPIN_NS
+#define WM_SPIN_NS 50000 /* spin this long at a barrier before sleeping: longer than a quiet phase's imbalance */
+#endif
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Return once *word == want (it changes only from !want to want, by `publish`). Spin for
+ * WM_SPIN_NS first (a quiet machine meets a barrier within microseconds, sooner than a sleep and
+ * wake), then sleep on a futex: when another process holds one of our cores, the thread we wait
+ * for is preempted, and a spinning waiter would keep from it the core it could run on. */
+static void wait_for(int *word, int want, int *sleepers) {
+    long long deadline = 0;
+    for (int spins = 1;; spins++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want) return;
+        cpu_relax();
+        if (spins % 64 == 0) {
+            long long t = now_ns();
+            if (!deadline)
+                deadline = t + WM_SPIN_NS;
+            else if (t > deadline)
+                break;
+        }
+    }
+    for (;;) {
+        /* sleepers, then word; publish writes word, then reads sleepers (all sequentially
+         * consistent): either it sees this sleeper and wakes it, or this sees the new value
+         * (the futex call also returns at once when the word no longer holds !want) */
+        __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(word, __ATOMIC_SEQ_CST) != want) futex_wait(word, !want);
+        __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want) return;
+    }
+}
+
+/* *word = value, waking whoever sleeps on it in wait_for. */
+static void publish(int *word, int value, int *sleepers) {
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0) futex_wake_all(word);
+}
+
+/* All threads wait here until every one has arrived (sense-reversing barrier; waiting as
+ * wait_for: a short spin, then a futex). */
 static void barrier(step_job *job, int *local_sense) {
     int sense = *local_sense = !*local_sense;
     if (__atomic_add_fetch(&job->count, 1, __ATOMIC_ACQ_REL) == job->n_threads) {
         __atomic_store_n(&job->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&job->sense, sense, __ATOMIC_RELEASE);
+        publish(&job->sense, sense, &job->sleepers);
         return;
     }
-    for (int spins = 0; __atomic_load_n(&job->sense, __ATOMIC_ACQUIRE) != sense; spins++)
-        if (spins > 2000) sched_yield();
+    wait_for(&job->sense, sense, &job->sleepers);
 }
 
 /* The k-th of `parts` near-equal slices of [0, n), rounded to multiples of 16 where n allows. */
@@ -563,8 +632,7 @@ static int start_workers(void *(*fn)(void *), void *job, int n, pthread_t *threa
 
 static void *step_worker(void *arg) {
     step_job *job = ((step_job **)arg)[0];
-    for (int spins = 0; !__atomic_load_n(&job->go, __ATOMIC_ACQUIRE); spins++)
-        if (spins > 2000) sched_yield();
+    wait_for(&job->go, 1, &job->sleepers);
     step_thread(job, (int)(intptr_t)((void **)arg)[1]);
     return NULL;
 }
@@ -604,7 +672,7 @@ int wm_decode_tokens(const float *const *params, float *const *caches, int n_lay
     void *args[64][2];
     int started = start_workers(step_worker, &job, n_threads, threads, args);
     job.n_threads = started + 1;
-    __atomic_store_n(&job.go, 1, __ATOMIC_RELEASE);
+    publish(&job.go, 1, &job.sleepers);
     step_thread(&job, 0);
     for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
     if (blas_threads > 1) blas_set_threads(blas_threads);
