@@ -14,6 +14,7 @@ if sys.platform == "linux":
         Extension(
             "whisper_mlx._cpu_kernels",
             sources=["csrc/cpu_kernels.c"],
+            include_dirs=["whisper_mlx/assets"],  # gelu_coeffs.h, shared with the CUDA kernels
             extra_compile_args=["-O3", "-ffast-math", "-fvisibility=default"],
             libraries=["dl", "pthread", "m"],
             optional=True,

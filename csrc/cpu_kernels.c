@@ -32,6 +32,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+
+#include "gelu_coeffs.h" /* whisper_mlx/assets: wm_gelu_one, the GELU the CUDA kernels share */
 #ifdef __linux__
 #include <limits.h>
 #include <linux/futex.h>
@@ -210,27 +212,9 @@ int wm_attention(const float *q, int ldq, const float *k, int ldk, const float *
 }
 
 /* x <- GELU(x) = 0.5 x (1 + erf(x / sqrt 2)), erf as Eigen's float rational approximation
- * (max error 4e-7), the same function whisper_mlx.model.gelu evaluates. */
+ * (max error 4e-7): wm_gelu_one of whisper_mlx/assets/gelu_coeffs.h, shared with the CUDA kernels. */
 WM_SIMD void wm_gelu(float *x, long n) {
-    for (long i = 0; i < n; i++) {
-        float xi = x[i];
-        float z = xi * 0.7071067811865476f;
-        z = z < -4.0f ? -4.0f : (z > 4.0f ? 4.0f : z);
-        float z2 = z * z;
-        float p = -2.72614225801306e-10f;
-        p = p * z2 + 2.77068142495902e-08f;
-        p = p * z2 + -2.10102402082508e-06f;
-        p = p * z2 + -5.69250639462346e-05f;
-        p = p * z2 + -7.34990630326855e-04f;
-        p = p * z2 + -2.95459980854025e-03f;
-        p = p * z2 + -1.60960333262415e-02f;
-        float qq = -1.45660718464996e-05f;
-        qq = qq * z2 + -2.13374055278905e-04f;
-        qq = qq * z2 + -1.68282697438203e-03f;
-        qq = qq * z2 + -7.37332916720468e-03f;
-        qq = qq * z2 + -1.42647390514189e-02f;
-        x[i] = 0.5f * xi * (1.0f + z * p / qq);
-    }
+    for (long i = 0; i < n; i++) x[i] = wm_gelu_one(x[i]);
 }
 
 /* ---- logits from a float16 copy of the token embedding ---------------------------------- */

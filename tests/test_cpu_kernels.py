@@ -66,6 +66,20 @@ def test_gelu_matches_erf_gelu():
     np.testing.assert_allclose(got, np.array(nn.gelu(mx.array(x))), rtol=1e-6, atol=2e-6)
 
 
+def test_gelu_constants_are_written_once():
+    """The erf approximation's constants live in assets/gelu_coeffs.h alone: the C kernels include
+    it, the CUDA sources call its wm_gelu_one (gpu.py puts its text before theirs)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("csrc/*.[ch]"), *root.glob("whisper_mlx/**/*.py"), *root.glob("whisper_mlx/assets/*.cuh"),
+               *root.glob("whisper_mlx/assets/*.h")]
+    holders = sorted(p.name for p in sources if "1.60960333262415e-02" in p.read_text())
+    assert holders == ["gelu_coeffs.h"]
+    assert '#include "gelu_coeffs.h"' in (root / "csrc" / "cpu_kernels.c").read_text()
+    assert "wm_gelu_one(x)" in (root / "whisper_mlx" / "assets" / "gelu.cuh").read_text()
+
+
 @pytest.mark.parametrize("transpose_w", [False, True])
 @pytest.mark.parametrize("transpose_x", [False, True])
 def test_one_row_products_go_to_gemv_and_stay_exact(transpose_x, transpose_w):

@@ -335,7 +335,7 @@ def _greedy(gpu: GpuDecoder, audio_features, initial, *, sot_index, sample_len, 
 
 _ASSETS = Path(__file__).parent / "assets"
 _FUSED_HEADER = _ASSETS / "fused_step.cuh"  # the kernel's CUDA source
-_GELU_HEADER = _ASSETS / "gelu.cuh"  # gelu_f, model.gelu's formula for one float
+_GELU_HEADER = (_ASSETS / "gelu_coeffs.h").read_text() + (_ASSETS / "gelu.cuh").read_text()  # gelu_f and its constants
 
 _FUSED_INPUTS = ["tok", "pos", "state", "rules", "emb", "pemb", "ln1w", "ln1b", "wqkv", "bqkv", "wo", "bo",
                  "ln2w", "ln2b", "wcq", "bcq", "wco", "bco", "ln3w", "ln3b", "w1", "b1", "w2", "b2", "lnfw",
@@ -351,7 +351,7 @@ def fused_source(cfg: dict) -> tuple[str, str]:
     consts = "".join(f"#define WM_{k} {v}\n" for k, v in cfg.items())
     consts += f"#define WM_NW {cfg['NT'] // 32}\n"
     body = f"step_impl<T>({', '.join(_FUSED_INPUTS + _FUSED_OUTPUTS)});\n"
-    return consts + _GELU_HEADER.read_text() + _FUSED_HEADER.read_text(), body
+    return consts + _GELU_HEADER + _FUSED_HEADER.read_text(), body
 
 
 _FUSED_PHASES = ["qkv", "self_out", "cross_q", "cross", "cross_out", "mlp"]  # per layer, between barriers
@@ -552,7 +552,7 @@ def gelu_cuda(x: mx.array) -> mx.array:
     global _gelu_kernel
     if _gelu_kernel is None:
         _gelu_kernel = mx.fast.cuda_kernel(name="whisper_mlx_gelu", input_names=["x"], output_names=["out"],
-                                           source=_GELU_SOURCE, header=_GELU_HEADER.read_text())
+                                           source=_GELU_SOURCE, header=_GELU_HEADER)
     return _gelu_kernel(inputs=[x], template=[("T", x.dtype), ("N", x.size)], grid=(x.size, 1, 1),
                         threadgroup=(256, 1, 1), output_shapes=[x.shape], output_dtypes=[x.dtype])[0]
 
