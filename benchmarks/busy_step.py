@@ -8,15 +8,18 @@ cores takes no more than 1.5x the quiet step.
 
 Each round times `--steps` one-token steps of one fresh decoding (prompt of 32 tokens first)
 quiet, then again with `python -c "while True: pass"` pinned to one CPU of this process's set,
-so quiet and busy alternate and slow drift in the machine's load hits both. Prints one JSON
-object: per-round medians (ms per step), their medians, and busy/quiet.
+so quiet and busy alternate and slow drift in the machine's load hits both. `--against` times
+another build of csrc/cpu_kernels.c (same C API, e.g. an earlier commit's) in the same rounds,
+side by side. Prints one JSON object: per-round medians (ms per step), their medians, and
+busy/quiet, for each build.
 
-    python benchmarks/busy_step.py MODEL_DIR [--rounds 8] [--steps 48] [--rows 1]
+    python benchmarks/busy_step.py MODEL_DIR [--rounds 8] [--steps 48] [--rows 1] [--against OTHER.so]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -28,12 +31,30 @@ import whisper_mlx  # noqa: I001  (first: loads the kernels and OpenBLAS before 
 
 import mlx.core as mx
 import numpy as np
-from whisper_mlx import cpu_kernels
+from whisper_mlx import cpu_kernels, runtime
 from whisper_mlx.backends import backend_for
 
 
-def step_times(kernel, features, rows: int, steps: int) -> list[float]:
-    """Seconds per one-token step over `steps` steps after a 32-token prompt."""
+def other_build(path: str) -> ctypes.CDLL:
+    """Another build of the kernels, bound to the same BLAS, with this build's argument types."""
+    lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    lib.wm_bind_blas.argtypes = [ctypes.c_char_p]
+    if lib.wm_bind_blas(runtime.BLAS.encode()) != 0:
+        sys.exit(f"{path}: could not bind it to {runtime.BLAS}")
+    for name in ("wm_decode_tokens", "wm_cross_kv"):
+        getattr(lib, name).argtypes = getattr(cpu_kernels._LIB, name).argtypes
+    return lib
+
+
+def step_times(kernel, features, rows: int, steps: int, lib: ctypes.CDLL | None = None) -> list[float]:
+    """Seconds per one-token step over `steps` steps after a 32-token prompt (through `lib`, a
+    build of the kernels, where given)."""
+    if lib is not None:
+        own, cpu_kernels._LIB = cpu_kernels._LIB, lib
+        try:
+            return step_times(kernel, features, rows, steps)
+        finally:
+            cpu_kernels._LIB = own
     rng = np.random.default_rng(0)
     cache = cpu_kernels.DecoderCache(kernel, features, rows)
     cpu_kernels.decode_tokens(kernel, cache, rng.integers(0, 50000, (rows, 32)), [-1])
@@ -58,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--rows", type=int, default=1, help="rows per step (1: greedy; 5: beam search)")
+    parser.add_argument("--against", default=None, help="another build of the kernels (.so) to time alongside")
     parser.add_argument("--busy-cpu", type=int, default=None, help="the CPU the busy process holds "
                         "(default: the first of this process's)")
     args = parser.parse_args()
@@ -73,26 +95,40 @@ def main() -> None:
                         .astype(np.float32))
     cpus = sorted(os.sched_getaffinity(0))
     busy_cpu = cpus[0] if args.busy_cpu is None else args.busy_cpu
-    step_times(kernel, features, args.rows, 4)  # warm up: pages, threads, caches
+    builds = {"this": None}
+    if args.against:
+        builds[args.against] = other_build(args.against)
+    for lib in builds.values():
+        step_times(kernel, features, args.rows, 4, lib)  # warm up: pages, threads, caches
 
-    quiet, busy = [], []
+    quiet = {name: [] for name in builds}
+    busy = {name: [] for name in builds}
+    load_before = os.getloadavg()
     for _ in range(args.rounds):
-        quiet.append(statistics.median(step_times(kernel, features, args.rows, args.steps)))
+        for name, lib in builds.items():
+            quiet[name].append(statistics.median(step_times(kernel, features, args.rows, args.steps, lib)))
         proc = busy_process(busy_cpu)
         try:
             time.sleep(0.3)  # let it take its core
-            busy.append(statistics.median(step_times(kernel, features, args.rows, args.steps)))
+            for name, lib in builds.items():
+                busy[name].append(statistics.median(step_times(kernel, features, args.rows, args.steps, lib)))
         finally:
             proc.kill()
             proc.wait()
 
-    q, b = statistics.median(quiet), statistics.median(busy)
+    results = {}
+    for name in builds:
+        q, b = statistics.median(quiet[name]), statistics.median(busy[name])
+        results[name] = {
+            "quiet_ms": [round(x * 1e3, 3) for x in quiet[name]], "busy_ms": [round(x * 1e3, 3) for x in busy[name]],
+            "quiet_median_ms": round(q * 1e3, 3), "busy_median_ms": round(b * 1e3, 3),
+            "busy_over_quiet": round(b / q, 3),
+        }
     print(json.dumps({
         "model": str(args.model), "rows": args.rows, "steps": args.steps, "rounds": args.rounds,
         "cpus": cpus, "busy_cpu": busy_cpu, "decoder_threads": min(cpu_kernels.threads(), cpu_kernels.DECODER_THREADS),
-        "quiet_ms": [round(x * 1e3, 3) for x in quiet], "busy_ms": [round(x * 1e3, 3) for x in busy],
-        "quiet_median_ms": round(q * 1e3, 3), "busy_median_ms": round(b * 1e3, 3), "busy_over_quiet": round(b / q, 3),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()], "builds": results,
     }, indent=1))
 
 

@@ -624,9 +624,10 @@ static void *step_worker(void *arg) {
 /* Decode `t` new tokens for each of `batch` sequences at positions offset..offset+t-1: token
  * embedding, every decoder layer (self-attention appending to the kv_cache, cross-attention over
  * the window cross_index[b] of sequence b, MLP), final norm and logits for the rows listed in
- * `rows` (indices into the t new tokens), written to logits (batch, n_rows, n_vocab). Threads split every product by output columns and
- * the attention by heads, meeting at a barrier between dependent phases; the BLAS runs on one
- * thread meanwhile. Returns 0, -1 out of memory, -2 past n_ctx. */
+ * `rows` (indices into the t new tokens), written to logits (batch, n_rows, n_vocab). Threads
+ * split every product by output columns and the attention by heads, meeting at a barrier between
+ * dependent phases; the BLAS runs on one thread meanwhile. Returns 0, -1 out of memory, -2 past
+ * n_ctx. */
 int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
                      int n_ctx, int n_audio_ctx, long cross_stride, const int32_t *cross_index, int n_vocab,
                      const int32_t *tokens, int batch, int t, int offset, const int32_t *rows, int n_rows, float *logits,

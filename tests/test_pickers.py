@@ -203,5 +203,9 @@ def test_c_pick_rejects_bad_input():
         cpu_kernels.pick(logits, state, *args, rules.blank, 0)
     with pytest.raises(ValueError, match="blank ids"):
         cpu_kernels.pick(logits, state, *args, [N_VOCAB], 1)
+    bad_rules = rules.packed.copy()
+    bad_rules[1] = N_VOCAB  # timestamps on, but no timestamp tokens: the rule would read past the row
+    with pytest.raises(ValueError, match="timestamp_begin"):
+        cpu_kernels.pick(logits, state, bad_rules, rules.suppress_mask(), rules.blank, 1)
     with pytest.raises(ValueError, match="C-contiguous float32"):
         cpu_kernels.pick(logits[:, ::2], state, *args, rules.blank, 1)

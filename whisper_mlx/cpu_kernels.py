@@ -339,10 +339,10 @@ def pick(logits: np.ndarray, state: np.ndarray, rules_packed: np.ndarray, suppre
                          f"{suppress.shape} and {rules.shape}")
     if not 1 <= k <= n_vocab:
         raise ValueError(f"pick: k must be in [1, {n_vocab}]; got {k}")
-    ids = np.concatenate([blank, rules[[2, 3]] if rules[0] else rules[[2]]])  # written to by the C loop
-    if int(ids.min()) < 0 or int(ids.max()) >= n_vocab or (rules[0] and not 0 <= rules[1] <= n_vocab):
-        raise ValueError(f"pick: blank ids and rules_packed's token ids must be in [0, {n_vocab}); got "
-                         f"blank {blank.tolist()}, rules {rules.tolist()}")
+    ids = np.concatenate([blank, rules[[2, 3]] if rules[0] else rules[[2]]])  # indexed by the C loop
+    if int(ids.min()) < 0 or int(ids.max()) >= n_vocab or (rules[0] and not 0 < rules[1] < n_vocab):
+        raise ValueError(f"pick: blank ids and rules_packed's token ids must be in [0, {n_vocab}) (timestamp_begin "
+                         f"in (0, {n_vocab})); got blank {blank.tolist()}, rules {rules.tolist()}")
     tokens = np.empty((b, k), np.int64)
     logprobs = np.empty((b, k), np.float32)
     _LIB.wm_pick(logits.ctypes.data, b, n_vocab, state.ctypes.data, suppress.ctypes.data, blank.ctypes.data,
