@@ -278,7 +278,7 @@ class DecoderCache:
         cache was made for. Only rows that change are copied."""
         idx = np.asarray(source_rows, np.intp).reshape(-1)
         capacity = self.self_k.shape[1]
-        if not 1 <= len(idx) <= capacity or (len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < self.rows):
+        if not 1 <= len(idx) <= capacity or not 0 <= int(idx.min()) <= int(idx.max()) < self.rows:
             raise ValueError(f"rearrange: source rows must be 1 to {capacity} indices in [0, {self.rows}); "
                              f"got {idx.tolist()}")
         moved = np.nonzero(idx != np.arange(len(idx)))[0]
