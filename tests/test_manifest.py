@@ -166,3 +166,22 @@ def test_tiny_en_4bit_keeps_its_embedding_at_8_bits():
     by_name = {v.name: v for v in variants()}
     assert by_name["tiny.en-4bit"].q_overrides == {"decoder.token_embedding": {"bits": 8, "group_size": 64}}
     assert by_name["tiny.en-8bit"].q_overrides == {} and by_name["tiny.en-fp32"].q_overrides == {}
+
+
+def test_expanded_manifests_equal_the_recorded_expansion(monkeypatch):
+    """The manifests expand to exactly the families, variants, recipes, gates, repo ids and digests
+    recorded in tests/fixtures/manifests_expanded.json (captured from the hand-written files before
+    the shared defaults existed): moving what is shared into one place changed nothing built."""
+    import json
+
+    monkeypatch.delenv("WHISPER_MLX_ZOO_ORG", raising=False)
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "manifests_expanded.json").read_text())
+    families = {f.family: f.model_dump(mode="json") for f in load_manifests()}
+    assert families == recorded["families"]
+    now = [
+        {"name": v.name, "family": v.family.family, "manifest": v.manifest_path.name, "repo_id": v.repo_id,
+         "dtype": v.dtype, "q_bits": v.q_bits, "q_group_size": v.q_group_size, "q_overrides": v.q_overrides,
+         "thresholds": v.thresholds.model_dump(mode="json"), "digest": v.digest}
+        for v in variants()
+    ]
+    assert now == recorded["variants"]
