@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import yaml
 import whisper_mlx
 from zoo import build
 from zoo.gates import corpus_wer, normalize, wer, word_errors
-from zoo.manifest import MANIFESTS_DIR
+from zoo.manifest import DEFAULTS_FILE, MANIFESTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("WHISPER_MLX_TEST_CACHE", ROOT / ".cache" / "tests"))
@@ -38,9 +39,10 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     manifests = root / "manifests"
     manifests.mkdir()
+    shutil.copy(MANIFESTS_DIR / DEFAULTS_FILE, manifests / DEFAULTS_FILE)
     data = yaml.safe_load((MANIFESTS_DIR / "tiny.en.yaml").read_text())
-    data["gates"]["clips"] = GATE_CLIPS
-    data["variants"] = [v for v in data["variants"] if v["name"] in ("tiny.en-fp32", "tiny.en-4bit")]
+    data["gates"] = {"clips": GATE_CLIPS}
+    data["variants"].update({"fp16": None, "8bit": None})  # fp32 and 4bit only
     (manifests / "tiny.en.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     small = yaml.safe_load((MANIFESTS_DIR / "small.en.yaml").read_text())
     small["sources"][0]["url"] = "http://127.0.0.1:9/small.en.pt"  # never download in tests
@@ -118,7 +120,7 @@ def test_incremental_rebuild(env, built):
     # a manifest change to one variant rebuilds only that variant; an impossible gate fails the build
     path = env["manifests"] / "tiny.en.yaml"
     data = yaml.safe_load(path.read_text())
-    data["variants"][1]["gates"]["max_rtf_ratio"] = 1e-6
+    data["variants"]["4bit"]["gates"] = {"max_rtf_ratio": 1e-6}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     r = _run(env, "tiny.en-fp32", "tiny.en-4bit", "--out", str(out))
     assert r.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 import whisper_mlx
 from zoo.convert import ConvertError, convert
 from zoo.gates import wer
-from zoo.manifest import MANIFESTS_DIR
+from zoo.manifest import DEFAULTS_FILE, MANIFESTS_DIR
 from zoo.sources import ctranslate2, write_openai_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,7 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, monkeypatch):
     small = yaml.safe_load((MANIFESTS_DIR / "small.en.yaml").read_text())
     small["sources"][0]["url"] = "http://127.0.0.1:9/small.en.pt"
     (manifests / "small.en.yaml").write_text(yaml.safe_dump(small))
+    shutil.copy(MANIFESTS_DIR / DEFAULTS_FILE, manifests / DEFAULTS_FILE)
     monkeypatch.setenv("WHISPER_MLX_MANIFESTS", str(manifests))
     r = _tool("--torch-name-or-path", "small.en", "--mlx-path", str(tmp_path / "x"))
     assert r.returncode == 1 and "small.en" in r.stderr and r.stderr.strip().count("\n") == 0

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import yaml
 
-from zoo.manifest import MANIFESTS_DIR, ManifestError, find_variant, load_manifests, variants
+from zoo.manifest import (
+    DEFAULTS_FILE,
+    MANIFESTS_DIR,
+    ManifestError,
+    find_variant,
+    load_manifests,
+    variant_name,
+    variants,
+)
 
 FAMILIES = ["tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
             "large-v1", "large-v2", "large-v3", "large-v3-turbo"]
@@ -66,6 +74,7 @@ def _copy(tmp_path: Path, *names: str) -> Path:
     d.mkdir(exist_ok=True)
     for name in names:
         shutil.copy(MANIFESTS_DIR / f"{name}.yaml", d / f"{name}.yaml")
+    shutil.copy(MANIFESTS_DIR / DEFAULTS_FILE, d / DEFAULTS_FILE)
     return d
 
 
@@ -80,13 +89,19 @@ def _edit(path: Path, change) -> None:
     [
         (lambda d: d["dims"].update(n_mels="eighty"), "dims.n_mels"),
         (lambda d: d.update(colour="blue"), "colour"),
-        (lambda d: d["variants"][2]["quantization"].update(bits=7), "variants.2.quantization.bits"),
-        (lambda d: d["variants"][3]["quantization"].update(embedding_bits=7),
-         "variants.3.quantization.embedding_bits"),
-        (lambda d: d["variants"][0].update(dtype="float8"), "variants.0.dtype"),
+        (lambda d: d["variants"].update({"8bit": {"quantization": {"bits": 7}}}), "variants.8bit.quantization.bits"),
+        (lambda d: d["variants"]["4bit"]["quantization"].update(embedding_bits=7),
+         "variants.4bit.quantization.embedding_bits"),
+        (lambda d: d["variants"].update(fp16={"dtype": "float8"}), "variants.fp16.dtype"),
+        (lambda d: d["variants"].update(fp16={"colour": "blue"}), "variants.fp16.colour"),
+        (lambda d: d["variants"].update(fp16={"name": "tiny.en-half"}), "variants.fp16.name"),
+        (lambda d: d["variants"].update(fp16=[]), "variants.fp16"),
+        (lambda d: d.update(variants=[{"name": "tiny.en-fp16", "dtype": "float16"}]), "variants"),
         (lambda d: d["sources"][0].update(sha256="not-a-hash"), "sources.0.openai.sha256"),
-        (lambda d: d["gates"]["thresholds"].update(max_rtf_ratio=-1), "gates.thresholds.max_rtf_ratio"),
-        (lambda d: d.pop("license"), "license"),
+        (lambda d: d.update(gates={"thresholds": {"max_rtf_ratio": -1}}), "gates.thresholds.max_rtf_ratio"),
+        (lambda d: d.update(gates=["en_weather"]), "gates"),
+        (lambda d: d.update(license="gpl-3.0"), "license"),
+        (lambda d: d.pop("base_model"), "base_model"),
     ],
 )
 def test_schema_errors_name_file_and_field(tmp_path, change, field):
@@ -94,8 +109,8 @@ def test_schema_errors_name_file_and_field(tmp_path, change, field):
     _edit(d / "tiny.en.yaml", change)
     with pytest.raises(ManifestError) as e:
         load_manifests(d)
-    assert str(d / "tiny.en.yaml") in str(e.value)
-    assert f": {field}:" in str(e.value)
+    assert str(e.value).startswith(f"{d / 'tiny.en.yaml'}: {field}: ")
+    assert "\n" not in str(e.value)
 
 
 def test_consistency_errors(tmp_path):
@@ -107,15 +122,15 @@ def test_consistency_errors(tmp_path):
     _edit(d / "tiny.en.yaml", lambda x: x["alignment_heads"].append([4, 0]))
     with pytest.raises(ManifestError, match=r"alignment head \[4, 0\] is outside"):
         load_manifests(d)
+    # a variant keyed by a suffix its recipe does not make
     d = _copy(tmp_path, "tiny.en")
-    _edit(d / "tiny.en.yaml", lambda x: x["variants"][0].update(name="tiny-fp16"))
-    with pytest.raises(ManifestError, match="must start with 'tiny.en-'"):
+    _edit(d / "tiny.en.yaml", lambda x: x["variants"]["4bit"]["quantization"].update(bits=3))
+    with pytest.raises(ManifestError, match=r"tiny\.en\.yaml: variants\.4bit: the recipe makes a '3bit' variant, not '4bit'"):
         load_manifests(d)
 
 
 def test_not_yaml_is_one_clear_error(tmp_path):
-    d = tmp_path / "m"
-    d.mkdir()
+    d = _copy(tmp_path)
     (d / "x.yaml").write_text("family: [unclosed\n")
     with pytest.raises(ManifestError, match=f"{d / 'x.yaml'}: not valid YAML"):
         load_manifests(d)
@@ -123,12 +138,7 @@ def test_not_yaml_is_one_clear_error(tmp_path):
 
 def test_duplicate_variant_names_and_repo_ids_are_refused(tmp_path):
     d = _copy(tmp_path, "tiny", "tiny.en")
-    _edit(d / "tiny.yaml", lambda x: x["variants"][0].update(name="tiny-fp32"))  # fp16 renamed to fp32
-    with pytest.raises(ManifestError, match="variant 'tiny-fp32' is already defined"):
-        load_manifests(d)
-
-    d = _copy(tmp_path, "tiny", "tiny.en")
-    _edit(d / "tiny.yaml", lambda x: x["variants"][0].update(repo="whisper-tiny.en-fp16"))
+    _edit(d / "tiny.yaml", lambda x: x.update(variants={"fp16": {"repo": "whisper-tiny.en-fp16"}}))
     with pytest.raises(ManifestError) as e:
         load_manifests(d)
     assert "repo 'whisper-tiny.en-fp16' is already defined in" in str(e.value)
@@ -143,10 +153,10 @@ def test_duplicate_variant_names_and_repo_ids_are_refused(tmp_path):
 def test_variant_digest_tracks_only_its_own_inputs(tmp_path):
     d = _copy(tmp_path, "tiny.en")
     before = {v.name: v.digest for v in variants(d)}
-    _edit(d / "tiny.en.yaml", lambda x: x["variants"][3]["gates"].update(max_wer_delta=2.0))
+    _edit(d / "tiny.en.yaml", lambda x: x["variants"]["4bit"].update(gates={"max_wer_delta": 2.0}))
     after = {v.name: v.digest for v in variants(d)}
     assert [n for n in before if before[n] != after[n]] == ["tiny.en-4bit"]
-    _edit(d / "tiny.en.yaml", lambda x: x["gates"].update(clips=["en_weather"]))
+    _edit(d / "tiny.en.yaml", lambda x: x.update(gates={"clips": ["en_weather"]}))
     assert all(after[v.name] != v.digest for v in variants(d))
 
 
@@ -185,3 +195,63 @@ def test_expanded_manifests_equal_the_recorded_expansion(monkeypatch):
         for v in variants()
     ]
     assert now == recorded["variants"]
+
+
+def test_variant_name_is_the_one_naming_rule():
+    assert variant_name("tiny.en", "float16", None) == "tiny.en-fp16"
+    assert variant_name("large-v3", "float32", None) == "large-v3-fp32"
+    assert variant_name("base", "float16", 8) == "base-8bit"
+    assert variant_name("base", "bfloat16", None) == "base-bf16"
+    for v in variants():
+        assert v.name == variant_name(v.family.family, v.dtype, v.q_bits)
+
+
+def test_family_files_hold_only_what_differs_from_the_defaults():
+    """Shared values are written once: a family file repeats no default (gates, license, recipes)."""
+    defaults = yaml.safe_load((MANIFESTS_DIR / DEFAULTS_FILE).read_text())
+
+    def repeats(over, base, where):
+        if isinstance(over, dict) and isinstance(base, dict):
+            return [r for k, v in over.items() if k in base for r in repeats(v, base[k], f"{where}.{k}")]
+        return [where] if over == base else []
+
+    for path in sorted(MANIFESTS_DIR.glob("[!_]*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        base = {**defaults, "gates": {**defaults["gates"], "clips": defaults["gates"]["clips"][data["language"]]}}
+        assert repeats({k: v for k, v in data.items() if k in base}, base, path.name) == [], path.name
+    assert sum(path.read_text().count("max_wer_delta") for path in MANIFESTS_DIR.glob("[!_]*.yaml")) == 0
+
+
+def test_family_leaves_out_changes_and_adds_variants(tmp_path):
+    d = _copy(tmp_path, "base")
+    _edit(d / "base.yaml", lambda x: x.update(
+        variants={"8bit": None, "fp32": {"gates": {"identical_to_reference": None, "max_wer": 5.0}},
+                  "bf16": {"dtype": "bfloat16", "gates": {"max_wer_delta": 0.5}}},
+        gates={"clips": ["en_weather", "de_train"], "thresholds": {"max_memory_ratio": 2.0}}))
+    by_name = {v.name: v for v in variants(d)}
+    assert list(by_name) == ["base-fp16", "base-fp32", "base-4bit", "base-bf16"]
+    assert by_name["base-fp32"].thresholds.model_dump(exclude_none=True) == {
+        "max_wer": 5.0, "max_rtf_ratio": 3.0, "max_memory_ratio": 2.0}
+    assert by_name["base-bf16"].dtype == "bfloat16" and by_name["base-bf16"].q_bits is None
+    assert by_name["base-bf16"].thresholds.max_wer_delta == 0.5
+    assert by_name["base-4bit"].thresholds.max_wer_delta == 3.0
+    assert by_name["base-4bit"].family.gates.clips == ["en_weather", "de_train"]
+    # a variant only this family declares needs a whole recipe
+    _edit(d / "base.yaml", lambda x: x.update(variants={"3bit": {"quantization": {"bits": 3}}}))
+    with pytest.raises(ManifestError, match=r"base\.yaml: variants\.3bit\.dtype: Field required"):
+        load_manifests(d)
+
+
+def test_defaults_file_is_required_and_validated(tmp_path):
+    d = _copy(tmp_path, "tiny.en")
+    (d / DEFAULTS_FILE).unlink()
+    with pytest.raises(ManifestError, match=f"{d / DEFAULTS_FILE}: missing"):
+        load_manifests(d)
+    d = _copy(tmp_path, "tiny.en")
+    _edit(d / DEFAULTS_FILE, lambda x: x["variants"].update({"8bit": x["variants"]["4bit"]}))
+    with pytest.raises(ManifestError, match=f"{d / DEFAULTS_FILE}: variants.8bit: the recipe makes a '4bit'"):
+        load_manifests(d)
+    d = _copy(tmp_path, "tiny.en")
+    _edit(d / DEFAULTS_FILE, lambda x: x["gates"]["thresholds"].update(max_wer="low"))
+    with pytest.raises(ManifestError, match=f"{d / DEFAULTS_FILE}: gates.thresholds.max_wer: "):
+        load_manifests(d)

@@ -1,7 +1,13 @@
 """Model-family manifests (manifests/*.yaml): the single source of truth for every variant.
 
-`load_manifests` validates each file (pydantic, extra="forbid"); errors name the file, the field
-and the reason. `variants` flattens them into `Variant`s with resolved gates and Hub repo ids.
+What every family shares (the standard variant recipes, the gate clip sets and thresholds, the
+license) is written once, in manifests/_defaults.yaml; a family file holds its dims, alignment heads,
+sources and only what differs (e.g. `variants: {4bit: {quantization: {embedding_bits: 8}}}`, or
+`8bit: null` to drop a variant). `expand` merges the two into the full `Family` (timm's
+generate_default_cfgs does the same for its model configs); `variant_name` is the one function
+that names variants. `load_manifests` validates every file (pydantic, extra="forbid"); errors name
+the file, the field and the reason. `variants` flattens them into `Variant`s with resolved gates
+and Hub repo ids.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
 DEFAULT_ORG = "whisper-mlx"
 ORG_ENV = "WHISPER_MLX_ZOO_ORG"
 MANIFESTS_ENV = "WHISPER_MLX_MANIFESTS"
+DEFAULTS_FILE = "_defaults.yaml"  # in the manifests directory; files starting with "_" are not families
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _STRICT = ConfigDict(extra="forbid")
@@ -124,15 +131,38 @@ class Quantization(BaseModel):
         return {"decoder.token_embedding": {"bits": self.embedding_bits, "group_size": self.group_size}}
 
 
-class VariantSpec(BaseModel):
-    """One variant as written in a manifest."""
+DType = Literal["float16", "float32", "bfloat16"]
+_DTYPE_SUFFIX = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}
+
+
+def variant_suffix(dtype: str, q_bits: int | None) -> str:
+    """A recipe's tag: "{bits}bit" when quantized, else the float type ("fp16", "fp32", "bf16")."""
+    return f"{q_bits}bit" if q_bits is not None else _DTYPE_SUFFIX[dtype]
+
+
+def variant_name(family: str, dtype: str, q_bits: int | None) -> str:
+    """The one way a variant is named: `{family}-{fp16|fp32|bf16|Nbit}` (e.g. "tiny.en-4bit")."""
+    return f"{family}-{variant_suffix(dtype, q_bits)}"
+
+
+class VariantRecipe(BaseModel):
+    """How one variant is made (dtype, quantization) and gated; its name follows from the recipe."""
 
     model_config = _STRICT
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    dtype: Literal["float16", "float32", "bfloat16"]
+    dtype: DType
     quantization: Quantization | None = None
     repo: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     gates: Thresholds = Thresholds()
+
+    @property
+    def suffix(self) -> str:
+        return variant_suffix(self.dtype, self.quantization.bits if self.quantization else None)
+
+
+class VariantSpec(VariantRecipe):
+    """One variant of an expanded family: its recipe and its name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class Family(BaseModel):
@@ -165,8 +195,35 @@ class Family(BaseModel):
             if layer >= self.dims.n_text_layer or head >= self.dims.n_text_head:
                 raise ValueError(f"alignment head [{layer}, {head}] is outside the decoder's layers/heads")
         for v in self.variants:
-            if not v.name.startswith(self.family + "-"):
-                raise ValueError(f"variant name {v.name!r} must start with {self.family + '-'!r}")
+            named = variant_name(self.family, v.dtype, v.quantization.bits if v.quantization else None)
+            if v.name != named:
+                raise ValueError(f"variant {v.name!r}: its recipe names it {named!r}")
+        return self
+
+
+class GateDefaults(BaseModel):
+    """The gates every family gets: a clip set per language kind, decoding and thresholds."""
+
+    model_config = _STRICT
+    clips: dict[Literal["en", "multilingual"], list[str]]
+    condition_on_previous_text: bool = True
+    thresholds: Thresholds = Thresholds()
+
+
+class Defaults(BaseModel):
+    """manifests/_defaults.yaml: what every family shares, written once."""
+
+    model_config = _STRICT
+    license: Literal["mit"]
+    gates: GateDefaults
+    # the standard variants, keyed by the suffix their recipe names them with, in build order
+    variants: dict[str, VariantRecipe] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_name_recipes(self) -> "Defaults":
+        for key, recipe in self.variants.items():
+            if key != recipe.suffix:
+                raise ValueError(f"variants.{key}: the recipe makes a {recipe.suffix!r} variant, not {key!r}")
         return self
 
 
@@ -206,36 +263,112 @@ def _default_dir(manifests_dir: Path | str | None) -> Path:
     return Path(manifests_dir or os.environ.get(MANIFESTS_ENV) or MANIFESTS_DIR)
 
 
-def load_family(path: Path) -> Family:
-    """Parse and validate one manifest file."""
+def _read_yaml(path: Path):
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read ({e})") from None
     except yaml.YAMLError as e:
         raise ManifestError(f"{path}: not valid YAML ({e})") from None
+
+
+def _validation_error(path: Path, e: ValidationError, prefix: tuple = ()) -> ManifestError:
+    """`file: field: reason` for the first error (fields under `prefix`)."""
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in (*prefix, *err["loc"]))
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return ManifestError(f"{path}: {where + ': ' if where else ''}{msg}{more}")
+
+
+def load_defaults(path: Path) -> Defaults:
+    """Parse and validate the shared defaults file."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing (the variant recipes and gates every family file builds on)")
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: expected a mapping at the top level")
     try:
-        return Family.model_validate(data)
+        return Defaults.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ManifestError(f"{path}: {loc}: {err['msg']}{more}") from None
+        raise _validation_error(path, e) from None
+
+
+def _merge(base, override):
+    """`override` laid over `base`: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in override.items()}}
+    return override
+
+
+def _variants(family: str, overrides: dict, defaults: Defaults, path: Path) -> list[dict]:
+    """The family's variant specs: each standard recipe with the family's changes laid over it (null:
+    left out), then any variant only this family declares; named by `variant_name`."""
+    specs = []
+    for key in [*defaults.variants, *(k for k in overrides if k not in defaults.variants)]:
+        override = overrides.get(key, {})
+        if key in overrides and override is None:
+            continue
+        if not isinstance(override, dict):
+            raise ManifestError(f"{path}: variants.{key}: expected a mapping (or null to leave it out), not {override!r}")
+        if "name" in override:
+            raise ManifestError(f"{path}: variants.{key}.name: a variant's name follows from its recipe; not settable")
+        base = defaults.variants[key].model_dump(exclude_defaults=True) if key in defaults.variants else {}
+        try:
+            recipe = VariantRecipe.model_validate(_merge(base, override))
+        except ValidationError as e:
+            raise _validation_error(path, e, ("variants", key)) from None
+        if recipe.suffix != key:
+            raise ManifestError(f"{path}: variants.{key}: the recipe makes a {recipe.suffix!r} variant, not {key!r}")
+        bits = recipe.quantization.bits if recipe.quantization else None
+        specs.append({**recipe.model_dump(), "name": variant_name(family, recipe.dtype, bits)})
+    return specs
+
+
+def expand(data: dict, defaults: Defaults, path: Path) -> dict:
+    """A family file's mapping laid over the shared defaults: the full family, as `Family` validates it."""
+    out = {"license": defaults.license, **data}
+    gates = data.get("gates", {})
+    if not isinstance(gates, dict):
+        raise ManifestError(f"{path}: gates: expected a mapping (what differs from {DEFAULTS_FILE}'s gates)")
+    gate_defaults = defaults.gates.model_dump(exclude={"clips"})
+    if data.get("language") in defaults.gates.clips:
+        gate_defaults["clips"] = defaults.gates.clips[data["language"]]
+    out["gates"] = _merge(gate_defaults, gates)
+    overrides = data.get("variants", {})
+    if not isinstance(overrides, dict):
+        raise ManifestError(
+            f"{path}: variants: expected a mapping from variant suffix ({', '.join(defaults.variants)}) to what "
+            f"differs from {DEFAULTS_FILE} (null: left out), not a {type(overrides).__name__}"
+        )
+    out["variants"] = _variants(str(data.get("family")), overrides, defaults, path)
+    return out
+
+
+def load_family(path: Path, defaults: Defaults) -> Family:
+    """Parse one family file, lay it over the defaults and validate the result."""
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a mapping at the top level")
+    try:
+        family = Family.model_validate(expand(data, defaults, path))
+    except ValidationError as e:
+        raise _validation_error(path, e) from None
+    family._path = path
+    return family
 
 
 def load_manifests(manifests_dir: Path | str | None = None) -> list[Family]:
     """All manifests in a directory, validated; duplicate families, variants or repo ids refused."""
     root = _default_dir(manifests_dir)
-    paths = sorted(root.glob("*.yaml"))
+    paths = sorted(p for p in root.glob("*.yaml") if not p.name.startswith("_"))
     if not paths:
         raise ManifestError(f"{root}: no manifests (*.yaml)")
+    defaults = load_defaults(root / DEFAULTS_FILE)
     families = []
     seen: dict[str, Path] = {}
     for path in paths:
-        family = load_family(path)
-        family._path = path
+        family = load_family(path, defaults)
         keys = [("family", family.family)] + [("variant", v.name) for v in family.variants]
         keys += [("repo", _repo_name(family, v)) for v in family.variants]
         for key in keys:
