@@ -153,14 +153,13 @@ def convert_size(
     manifests_dir: Path | None = None,
 ) -> Path:
     """Convert a model family by name (e.g. "tiny.en") from its first available manifest source."""
-    from .manifest import find_family
+    from .manifest import find_family, variant_name
     from .sources import load_first_available
 
     check_params(dtype, q_bits, q_group_size)
     family = find_family(size, manifests_dir)
     ckpt = load_first_available(family)
-    suffix = f"{q_bits}bit" if q_bits else {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}[dtype]
-    return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=f"{family.family}-{suffix}")
+    return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=variant_name(family.family, dtype, q_bits))
 
 
 def convert_pt(
