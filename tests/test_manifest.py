@@ -98,6 +98,7 @@ def _edit(path: Path, change) -> None:
         (lambda d: d["variants"].update(fp16=[]), "variants.fp16"),
         (lambda d: d.update(variants=[{"name": "tiny.en-fp16", "dtype": "float16"}]), "variants"),
         (lambda d: d["sources"][0].update(sha256="not-a-hash"), "sources.0.openai.sha256"),
+        (lambda d: d["sources"][1].update(location=["meeting noter; rm -rf ~"]), "sources.1.ctranslate2.location.0"),
         (lambda d: d.update(gates={"thresholds": {"max_rtf_ratio": -1}}), "gates.thresholds.max_rtf_ratio"),
         (lambda d: d.update(gates=["en_weather"]), "gates"),
         (lambda d: d.update(license="gpl-3.0"), "license"),

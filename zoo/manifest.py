@@ -71,12 +71,18 @@ class PtSource(BaseModel):
     sha256: Sha256 | None = None
 
 
+DIST_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?"  # an installed distribution (PEP 508 name)
+# a directory (with a "/", or starting with "~" or ".") or an installed distribution's name
+CT2Location = Annotated[str, Field(pattern=rf"^(?:.*/.*|[~.].*|{DIST_NAME})$")]
+
+
 class CTranslate2Source(BaseModel):
-    """A CTranslate2 conversion: directories or pip packages (several: split model.bin parts)."""
+    """A CTranslate2 conversion: directories or pip packages (several: split model.bin parts).
+    Only checked here; resolved (by distribution metadata, never by import) when a build reads it."""
 
     model_config = _STRICT
     kind: Literal["ctranslate2"]
-    location: list[str] = Field(min_length=1)
+    location: list[CT2Location] = Field(min_length=1)
     sha256: dict[str, Sha256] = {}
 
 

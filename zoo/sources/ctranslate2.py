@@ -3,11 +3,16 @@
 A CTranslate2 `model.bin` is: version, spec name, revision, then named arrays, then aliases.
 Self-attention fuses query/key/value, cross-attention fuses key/value; the key has no bias.
 Some packages split model.bin into `model.bin.part1`, `model.bin.part2`, ... (concatenated here).
+
+A location is a directory (written with a "/", or starting with "~" or ".") or the name of an
+installed distribution. Locations are resolved only when a build reads the source, and never by
+importing: a directory's own entries are read (not walked), a distribution's files come from its
+metadata (the RECORD pip wrote), looked up under a name that must match DIST_NAME.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import json
 import re
 import struct
@@ -15,22 +20,28 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import manifest
 from .checkpoint import Checkpoint, SourceError, dims_from_state_dict, sinusoids, verify_sha256
 
 KIND = "ctranslate2"
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None: bfloat16
 _PART = re.compile(r"^model\.bin\.part(\d+)$")
+DIST_NAME = re.compile(rf"^{manifest.DIST_NAME}$")
+
+
+def is_directory_location(location: str | Path) -> bool:
+    """Whether a location names a directory (else: an installed distribution)."""
+    return isinstance(location, Path) or "/" in location or location.startswith(("~", "."))
 
 
 def locate(locations: str | Path | list) -> tuple[list[Path], Path | None]:
-    """The model.bin file(s) in order and the config.json, from directories or package names."""
+    """The model.bin file(s) in order and the config.json, from directories or distribution names."""
     if isinstance(locations, (str, Path)):
         locations = [locations]
     parts: list[tuple[int, Path]] = []
     config = None
     for location in locations:
-        root = _root(location)
-        for path in sorted(root.rglob("model.bin*")):
+        for path in sorted(_files(location)):
             if path.name == "model.bin":
                 parts.append((0, path))
             elif m := _PART.match(path.name):
@@ -47,19 +58,22 @@ def locate(locations: str | Path | list) -> tuple[list[Path], Path | None]:
     return [p for _, p in parts], config
 
 
-def _root(location: str | Path) -> Path:
-    """A directory for a path or an importable package name."""
-    path = Path(location).expanduser()
-    if path.is_dir():
-        return path
-    name = str(location).replace("-", "_")
+def _files(location: str | Path) -> list[Path]:
+    """The files a location offers: a directory's own entries, or an installed distribution's
+    recorded files (importlib.metadata: no import of the package, no directory walk)."""
+    if is_directory_location(location):
+        root = Path(location).expanduser()
+        if not root.is_dir():
+            raise SourceError(f"{KIND} source {str(location)!r}: no such directory")
+        return [p for p in root.iterdir() if p.is_file()]
+    if not DIST_NAME.match(location):
+        raise SourceError(f"{KIND} source {location!r}: not a distribution name (letters, digits, '.', '_', '-') "
+                          "nor a directory (write it with a '/')")
     try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise SourceError(f"{KIND} source {location!r}: no such directory or installed package (pip install it)")
-    return Path(list(spec.submodule_search_locations)[0])
+        dist = importlib.metadata.distribution(location)
+    except importlib.metadata.PackageNotFoundError:
+        raise SourceError(f"{KIND} source {location!r}: no such directory or installed package (pip install it)") from None
+    return [Path(dist.locate_file(f)) for f in dist.files or () if f.name == "model.bin" or _PART.match(f.name)]
 
 
 def available(locations: str | Path | list) -> bool:
