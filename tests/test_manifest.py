@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -130,11 +131,37 @@ def test_consistency_errors(tmp_path):
         load_manifests(d)
 
 
-def test_not_yaml_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("family: [unclosed\n", r":2: expected ',' or '\]', but got '<stream end>' \(in a flow sequence from line 1\)$"),
+        ("family: tiny.en\n  language: en\n", r":2: mapping values are not allowed here$"),
+        ("family: tiny.en\nfamily: tiny\n", r":2: duplicate key 'family' \(first at line 1\)$"),
+        ("family: tiny.en\nvariants:\n  4bit:\n    dtype: float32\n    dtype: float16\n",
+         r":5: duplicate key 'dtype' \(first at line 4\)$"),
+        ("a: &x {b: 1}\nc:\n  <<: *x\n  b: 2\n  b: 3\n", r":5: duplicate key 'b' \(first at line 4\)$"),
+        ("family: tiny.en\ngates: {clips: [en_weather], clips: [ho_park]}\n", r":2: duplicate key 'clips' \(first at line 2\)$"),
+    ],
+    ids=["unclosed", "bad-indent", "duplicate-top-level", "duplicate-nested", "duplicate-after-merge", "duplicate-flow"],
+)
+def test_yaml_errors_are_one_line_with_file_and_line(tmp_path, text, says):
+    """Issue 17 point 7: `dtype: float32` then `dtype: float16` built the fp32 variant as float16;
+    duplicate keys are refused with their line, and every YAML error is one line: file:line: problem."""
     d = _copy(tmp_path)
-    (d / "x.yaml").write_text("family: [unclosed\n")
-    with pytest.raises(ManifestError, match=f"{d / 'x.yaml'}: not valid YAML"):
+    (d / "x.yaml").write_text(text)
+    with pytest.raises(ManifestError) as e:
         load_manifests(d)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{d / 'x.yaml'}:")
+    assert re.search(says, message), message
+
+
+def test_yaml_merge_keys_may_be_overridden_once(tmp_path):
+    """A key written once beside a `<<` merge overrides the merged value (YAML's rule), not a duplicate."""
+    from zoo.manifest import _read_yaml
+
+    (tmp_path / "m.yaml").write_text("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 5\n")
+    assert _read_yaml(tmp_path / "m.yaml") == {"a": {"b": 1, "c": 2}, "d": {"b": 5, "c": 2}}
 
 
 def test_duplicate_variant_names_and_repo_ids_are_refused(tmp_path):

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from .yamlfile import YamlFileError, load_yaml
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
 DEFAULT_ORG = "whisper-mlx"
@@ -271,11 +272,9 @@ def _default_dir(manifests_dir: Path | str | None) -> Path:
 
 def _read_yaml(path: Path):
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read ({e})") from None
-    except yaml.YAMLError as e:
-        raise ManifestError(f"{path}: not valid YAML ({e})") from None
+        return load_yaml(path)
+    except YamlFileError as e:
+        raise ManifestError(str(e)) from None
 
 
 def _validation_error(path: Path, e: ValidationError, prefix: tuple = ()) -> ManifestError:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .yamlfile import YamlFileError, load_yaml
 
 CLIPS_YAML = Path(__file__).with_name("clips.yaml")
 SPLITS = ("parity", "heldout", "multilingual", "bench")
@@ -76,9 +77,12 @@ class ClipSet(BaseModel):
 def load_specs(path: Path = CLIPS_YAML) -> dict[str, ClipSpec]:
     """Read and validate the clip declarations; `concat` references must name declared clips."""
     try:
-        clip_set = ClipSet.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError, ValidationError) as e:
-        raise SpeechError(f"{path}: {e}") from None
+        clip_set = ClipSet.model_validate(load_yaml(path))
+    except YamlFileError as e:
+        raise SpeechError(str(e)) from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SpeechError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     specs: dict[str, ClipSpec] = {}
     for spec in clip_set.clips:
         if spec.id in specs:
