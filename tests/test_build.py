@@ -109,6 +109,28 @@ def test_model_card(env, built):
         env["out"] / "tiny.en-4bit" / "checksums.json").read_text()
 
 
+def test_stale_temporary_dirs_are_cleaned(env, built):
+    """Issue 17 point 10: a killed build leaves `.NAME.tmp-*`, `.NAME.old-*` or (measuring an unbuilt
+    fp32 sibling) `.NAME.scratch-*` directories; the next build of the family removes them all, even
+    when every variant is up to date. Another family's and foreign entries are left alone."""
+    out = env["out"]
+    stale = [out / ".tiny.en-fp32.scratch-k1ll3d", out / ".tiny.en-4bit.tmp-x", out / ".tiny.en-4bit.old-y",
+             out / ".tiny.en-fp32.tmp-z"]
+    kept = [out / ".small.en-fp32.scratch-other-family", out / "notes"]
+    for d in stale + kept:
+        d.mkdir()
+        (d / "weights.safetensors").write_bytes(b"\0" * 1024)
+    try:
+        r = _run(env, "tiny.en-4bit", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[1].split()[:2] == ["tiny.en-4bit", "up-to-date"]
+        assert [d for d in stale if d.exists()] == []
+        assert all(d.is_dir() for d in kept)
+    finally:
+        for d in stale + kept:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def test_incremental_rebuild(env, built):
     out = env["out"]
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}

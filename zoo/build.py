@@ -7,6 +7,7 @@ entry digest, source sha256, converter version) and file hashes still match.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -87,10 +88,14 @@ def stored_result(variant_dir: Path) -> bool | None:
         return None
 
 
+STALE_KINDS = ("tmp", "old", "scratch")  # atomic_dir's new and replaced dirs; an fp32 sibling measured unbuilt
+
+
 def clean_stale(out: Path, name: str) -> None:
-    """Remove temp dirs left by an interrupted build of `name`."""
-    for stale in list(out.glob(f".{name}.tmp-*")) + list(out.glob(f".{name}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)
+    """Remove the temp dirs an interrupted build of `name` left (`.NAME.tmp-*`, `.old-*`, `.scratch-*`)."""
+    for kind in STALE_KINDS:
+        for stale in out.glob(f".{glob.escape(name)}.{kind}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_variant(
@@ -141,6 +146,8 @@ def build_family(
     from . import gates
     from .speech import make_clips
 
+    for v in family.variants:  # what killed builds of this family left, whatever this run does
+        clean_stale(out, v.name)
     sources = pick_source(family, offline_only)
     if not sources:
         needs = "; ".join(describe(s) for s in family.sources)
@@ -181,7 +188,6 @@ def build_family(
 
     for v in todo:
         log(f"{v.name}: converting and gating")
-        clean_stale(out, v.name)
 
         def evaluate_dir(d: Path, v=v) -> dict:
             nonlocal fp32_measure
