@@ -217,7 +217,7 @@ def test_publish_without_a_token_is_refused(hub, built, tmp_path):
 
 def test_publish_unknown_variant_and_argument_errors(hub, built, tmp_path):
     done = publish_cli(hub, tmp_path / "hf", built.parent, "tiny.en-3bit")
-    assert done.returncode == 1 and "tiny.en-3bit" in done.stderr
+    assert done.returncode == 2 and "no variant 'tiny.en-3bit'" in done.stderr
     both = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--all")
     assert both.returncode == 2 and "not both" in both.stderr
     assert writes(hub) == []

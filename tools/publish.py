@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every variant in manifests/")
     parser.add_argument("--build-dir", type=Path, default=Path("build"), help="where tools/build.py wrote DIR/NAME/")
     parser.add_argument("--dry-run", action="store_true", help="print what would change, file by file; upload nothing")
+    parser.add_argument("--manifests", type=Path, default=None, help="manifests directory (default: manifests/)")
     parser.add_argument("--org", help="publish under this Hub org instead of the manifests' (or $WHISPER_MLX_ZOO_ORG)")
     parser.add_argument("--attempts", type=int, default=5, help="tries per variant on network failures")
     parser.add_argument("--retry-wait", type=float, default=2.0, help="seconds before the first retry (doubles)")
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give variant NAMEs or --all (not both)")
     try:
         failures = publish_variants(args.names, args.build_dir, org=args.org, dry_run=args.dry_run,
-                                    attempts=args.attempts, retry_wait=args.retry_wait)
+                                    attempts=args.attempts, retry_wait=args.retry_wait,
+                                    manifests_dir=args.manifests)
     except ManifestError as e:
         print(e, file=sys.stderr)
         return 2

@@ -217,10 +217,11 @@ def build(
     clips_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Build the named variants (None: all) into OUT/NAME; one Outcome per variant."""
+    """Build the named variants (None: all) into OUT/NAME; one Outcome per variant. The manifests
+    and names are validated before anything is written (OUT included)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     wanted = select(names, manifests_dir)
+    out.mkdir(parents=True, exist_ok=True)
     families: dict[str, tuple[Family, list[Variant]]] = {}
     for v in wanted:
         families.setdefault(v.family.family, (v.family, []))[1].append(v)

@@ -266,7 +266,8 @@ class Variant:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _default_dir(manifests_dir: Path | str | None) -> Path:
+def manifests_root(manifests_dir: Path | str | None = None) -> Path:
+    """The manifests directory: the one given, else $WHISPER_MLX_MANIFESTS, else the repo's manifests/."""
     return Path(manifests_dir or os.environ.get(MANIFESTS_ENV) or MANIFESTS_DIR)
 
 
@@ -365,7 +366,7 @@ def load_family(path: Path, defaults: Defaults) -> Family:
 
 def load_manifests(manifests_dir: Path | str | None = None) -> list[Family]:
     """All manifests in a directory, validated; duplicate families, variants or repo ids refused."""
-    root = _default_dir(manifests_dir)
+    root = manifests_root(manifests_dir)
     paths = sorted(p for p in root.glob("*.yaml") if not p.name.startswith("_"))
     if not paths:
         raise ManifestError(f"{root}: no manifests (*.yaml)")
@@ -423,7 +424,7 @@ def find_family(name: str, manifests_dir: Path | str | None = None) -> Family:
         if family.family == name:
             return family
     known = ", ".join(f.family for f in families)
-    raise ManifestError(f"{_default_dir(manifests_dir)}: no model family {name!r} (known: {known})")
+    raise ManifestError(f"{manifests_root(manifests_dir)}: no model family {name!r} (known: {known})")
 
 
 def find_variant(name: str, manifests_dir: Path | str | None = None) -> Variant:
@@ -432,4 +433,4 @@ def find_variant(name: str, manifests_dir: Path | str | None = None) -> Variant:
     for v in all_variants:
         if v.name == name:
             return v
-    raise ManifestError(f"{_default_dir(manifests_dir)}: no variant {name!r} (see tools/build.py --list)")
+    raise ManifestError(f"{manifests_root(manifests_dir)}: no variant {name!r} (see tools/build.py --list)")

@@ -273,14 +273,14 @@ def publish_variants(
     log: Callable[[str], None] = print,
     err: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> int:
-    """Publish each named variant (all manifests' variants if `names` is empty); the number refused or failed."""
-    from .manifest import variants
+    """Publish each named variant (all manifests' variants if `names` is empty); the number refused or
+    failed. ManifestError (nothing attempted) for invalid manifests or a name they do not declare."""
+    from .manifest import ManifestError, manifests_root, variants
 
     by_name = {v.name: v for v in variants(manifests_dir)}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        err(f"{manifests_dir or 'manifests/'}: no variant {unknown[0]!r} (see tools/build.py --list)")
-        return len(unknown)
+        raise ManifestError(f"{manifests_root(manifests_dir)}: no variant {unknown[0]!r} (see tools/build.py --list)")
     failures = 0
     for n in names or list(by_name):
         try:

@@ -48,8 +48,9 @@ def write_registry(path: Path = REGISTRY_PATH, manifests_dir: Path | None = None
 
 
 def in_sync(path: Path = REGISTRY_PATH, manifests_dir: Path | None = None) -> bool:
-    """Whether the registry file is exactly what the manifests generate."""
-    return path.is_file() and path.read_text() == render(build_registry(manifests_dir))
+    """Whether the registry file is exactly what the manifests generate (ManifestError if they are invalid)."""
+    expected = render(build_registry(manifests_dir))
+    return path.is_file() and path.read_text() == expected
 
 
 def main(argv: list[str] | None = None) -> int:
