@@ -625,14 +625,18 @@ def run(args: list[str], env: dict[str, str], timeout: float = 600) -> subproces
     return subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def publish_cli(hub: HubServer, hf_home: Path, build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """tools/publish.py against this server."""
-    return run([PYTHON, "tools/publish.py", *args, "--build-dir", str(build_dir), "--retry-wait", "0.05"],
-               client_env(hub, hf_home, **env))
-
-
 TEST_CACHE = Path(os.environ.get("WHISPER_MLX_TEST_CACHE", REPO_ROOT / ".cache" / "tests"))
 GATE_CLIPS = ["en_weather", "ho_doctor"]
+HUB_BUILD = TEST_CACHE / "hub-build"
+HUB_MANIFESTS = TEST_CACHE / "hub-build-manifests"  # what build_variant(HUB_BUILD) builds from
+
+
+def publish_cli(hub: HubServer, hf_home: Path, build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """tools/publish.py against this server, checking builds against the manifests they were built
+    from (HUB_MANIFESTS unless `--manifests` is given)."""
+    manifests = () if "--manifests" in args else ("--manifests", str(HUB_MANIFESTS))
+    return run([PYTHON, "tools/publish.py", *args, *manifests, "--build-dir", str(build_dir), "--retry-wait", "0.05"],
+               client_env(hub, hf_home, **env))
 
 
 def _small_gate_manifests(family: str, out: Path) -> Path:
@@ -658,6 +662,7 @@ def _small_gate_manifests(family: str, out: Path) -> Path:
 def build_variant(build_dir: Path, name: str = "tiny.en-4bit") -> Path:
     """DIR/NAME/ built by tools/build.py (incremental: reused while its inputs are unchanged)."""
     manifests = _small_gate_manifests(name.rsplit("-", 1)[0], build_dir.parent / f"{build_dir.name}-manifests")
+    assert build_dir != HUB_BUILD or manifests == HUB_MANIFESTS
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"PYTHONPATH": str(REPO_ROOT)}
     done = run([PYTHON, "tools/build.py", name, "--out", str(build_dir), "--manifests", str(manifests),
                 "--clips-dir", str(TEST_CACHE / "clips")], env)

@@ -154,12 +154,16 @@ def test_incremental_rebuild(env, built):
     assert all(p.stat().st_mtime_ns == t
                for p, t in stamps.items() if "tiny.en-fp32" in str(p))
 
-    # a directory without eval.json is not built: it is rebuilt
+    # a directory without eval.json, or with a file the format does not have, is not built (publish
+    # refuses it in the same words): it is rebuilt, and the rebuild leaves exactly the format's files
+    (out / "tiny.en-fp32" / "notes.txt").write_text("left over")
+    assert "notes.txt: not a file of the build" in build.why_not_built(out / "tiny.en-fp32")
     (out / "tiny.en-fp32" / "eval.json").unlink()
     assert not build.is_built(out / "tiny.en-fp32")
     r = _run(env, "tiny.en-fp32", "--out", str(out))
     assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:2] == ["tiny.en-fp32", "built"]
     assert build.is_built(out / "tiny.en-fp32")
+    assert sorted(p.name for p in (out / "tiny.en-fp32").iterdir()) == sorted(build.builddir.FILES)
 
 
 def test_interrupted_build_leaves_nothing_complete_looking(env, tmp_path):

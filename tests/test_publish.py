@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import TEST_CACHE, HubServer, build_variant, publish_cli
+from hub_server import HUB_BUILD, HUB_MANIFESTS, HubServer, build_variant, publish_cli
 
 NAME = "tiny.en-4bit"
 REPO = "whisper-mlx/whisper-tiny.en-4bit"
@@ -21,7 +21,7 @@ REPO = "whisper-mlx/whisper-tiny.en-4bit"
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
-    return build_variant(TEST_CACHE / "hub-build", NAME)
+    return build_variant(HUB_BUILD, NAME)
 
 
 @pytest.fixture
@@ -144,6 +144,14 @@ def test_publish_that_keeps_failing_leaves_the_remote_unchanged(hub, build, tmp_
     assert hub.read(REPO, "README.md") == old_card
 
 
+def _listed_extra(v: Path) -> None:
+    """An extra file that checksums.json lists, too: still not one of the format's files."""
+    (v / "notes.txt").write_text("left over")
+    sums = json.loads((v / "checksums.json").read_text())
+    sums["files"]["notes.txt"] = sha256(b"left over")
+    (v / "checksums.json").write_text(json.dumps(sums))
+
+
 def _fail_gates(v: Path) -> None:
     data = json.loads((v / "eval.json").read_text())
     data["passed"] = False
@@ -159,10 +167,11 @@ def _fail_gates(v: Path) -> None:
         (lambda v: (v / "eval.json").unlink(), ["eval.json", "missing"]),
         (lambda v: (v / "config.json").write_text((v / "config.json").read_text() + " "), ["config.json", "does not match checksums.json", "stale"]),
         (lambda v: (v / "weights.safetensors").unlink(), ["weights.safetensors", "missing", "incomplete"]),
-        (lambda v: (v / "notes.txt").write_text("left over"), ["notes.txt", "not listed in checksums.json"]),
+        (lambda v: (v / "notes.txt").write_text("left over"), ["notes.txt", "not a file of the build"]),
+        (_listed_extra, ["notes.txt", "not a file of the build"]),
         (lambda v: shutil.rmtree(v), ["not built"]),
     ],
-    ids=["gates-failed", "no-eval", "stale-checksum", "incomplete", "unlisted-file", "not-built"],
+    ids=["gates-failed", "no-eval", "stale-checksum", "incomplete", "unlisted-file", "listed-extra-file", "not-built"],
 )
 def test_publish_refuses_a_bad_build_with_why(hub, build, tmp_path, damage, expected):
     damage(build / NAME)
@@ -231,5 +240,77 @@ def test_publish_all_publishes_what_is_built_and_refuses_the_rest(hub, built, tm
     assert list(hub.repos) == [REPO]
     assert_remote_matches(hub, built)
     refused = done.stderr.strip().splitlines()
-    assert len(refused) == len(variants()) - 1
+    assert len(refused) == len(variants(HUB_MANIFESTS)) - 1
     assert all(line.startswith("refused ") and "not built" in line for line in refused)
+
+
+def _recorded_inputs(variant_dir: Path) -> dict:
+    return json.loads((variant_dir / "checksums.json").read_text())["inputs"]
+
+
+def test_publish_refuses_a_build_of_another_variant(hub, build, tmp_path):
+    """Issue 17 point 4: a tiny.en-4bit build copied into tiny.en-8bit/ would overwrite the 8-bit repo."""
+    shutil.copytree(build / NAME, build / "tiny.en-8bit")
+    done = publish_cli(hub, tmp_path / "hf", build, "tiny.en-8bit")
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert line == (f"refused tiny.en-8bit: {build / 'tiny.en-8bit' / 'checksums.json'}: built as 'tiny.en-4bit', "
+                    "not 'tiny.en-8bit' (the directory holds another variant)")
+    assert writes(hub) == [] and hub.repos == {}
+
+
+def test_publish_refuses_a_build_from_an_older_manifest(hub, build, tmp_path):
+    """The manifest changed since the build (here the 4-bit gates): its digest no longer matches."""
+    import yaml
+
+    manifests = tmp_path / "manifests"
+    shutil.copytree(HUB_MANIFESTS, manifests)
+    data = yaml.safe_load((manifests / "tiny.en.yaml").read_text())
+    data["variants"]["4bit"]["gates"] = {"max_wer_delta": 40.0}
+    (manifests / "tiny.en.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    done = publish_cli(hub, tmp_path / "hf", build, NAME, "--manifests", str(manifests))
+    assert done.returncode == 1
+    recorded = _recorded_inputs(build / NAME)["manifest_digest"]
+    assert f"refused {NAME}: {build / NAME / 'checksums.json'}: built from another version of the manifest " \
+           f"(digest {recorded[:16]}" in done.stderr
+    assert "rebuild" in done.stderr and done.stderr.count("\n") == 1
+    assert writes(hub) == [] and hub.repos == {}
+
+
+def test_publish_refuses_a_build_for_another_repo(hub, build, tmp_path):
+    """Built for whisper-mlx/..., while the manifests (through $WHISPER_MLX_ZOO_ORG) now name another repo."""
+    done = publish_cli(hub, tmp_path / "hf", build, NAME, WHISPER_MLX_ZOO_ORG=hub.user)
+    assert done.returncode == 1
+    assert (f"refused {NAME}: {build / NAME / 'checksums.json'}: built for {REPO}, the manifests now give "
+            f"{hub.user}/whisper-tiny.en-4bit; rebuild") in done.stderr
+    assert writes(hub) == [] and hub.repos == {}
+
+
+def test_publish_sends_exactly_the_five_files_of_the_format(hub, built, tmp_path):
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME)
+    assert done.returncode == 0, done.stderr
+    assert set(hub.head(REPO).files) == {".gitattributes", "config.json", "weights.safetensors", "README.md",
+                                         "eval.json", "checksums.json"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda v: (v / "notes.txt").write_text("x"), _listed_extra, lambda v: (v / "eval.json").unlink(),
+     lambda v: (v / "config.json").write_text("{}")],
+    ids=["unlisted-file", "listed-extra-file", "no-eval", "stale-checksum"],
+)
+def test_build_and_publish_agree_on_complete(hub, build, tmp_path, damage):
+    """What publish refuses as incomplete, the build sees as not built (so a rebuild replaces it), for
+    the same reason, in the same words."""
+    from zoo import build as zoo_build
+    from zoo.manifest import variants
+
+    variant = next(v for v in variants(HUB_MANIFESTS) if v.name == NAME)
+    inputs = _recorded_inputs(build / NAME)
+    assert zoo_build.why_not_built(build / NAME, inputs) is None
+    assert inputs == zoo_build.inputs_of(variant, inputs["source_sha256"])
+    damage(build / NAME)
+    why = zoo_build.why_not_built(build / NAME, inputs)
+    assert why is not None and not zoo_build.is_built(build / NAME, inputs)
+    done = publish_cli(hub, tmp_path / "hf", build, NAME)
+    assert done.returncode == 1 and done.stderr.strip() == f"refused {NAME}: {why}"

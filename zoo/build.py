@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import CONVERTER_VERSION
+from . import CONVERTER_VERSION, builddir
 from .convert import atomic_dir, build_model, model_config, write_model_dir
 from .manifest import Family, ManifestError, Variant, variants
 from .sources import Checkpoint, SourceError, describe, fingerprint, load_for_family, pick_source, sha256_file
 
-BUILT_FILES = ("config.json", "weights.safetensors", "README.md", "eval.json")
+BUILT_FILES = builddir.HASHED_FILES
 
 
 @dataclass
@@ -55,8 +55,10 @@ def select(names: list[str] | None, manifests_dir: Path | None = None) -> list[V
 
 
 def inputs_of(variant: Variant, source_sha256: str) -> dict:
-    """What determines a variant's output; unchanged inputs + complete dir = nothing to do."""
+    """What determines a variant's output; unchanged inputs + complete dir = nothing to do. Publish
+    checks the same record (variant, repo id, manifest digest) before anything goes up."""
     return {
+        "variant": variant.name,
         "manifest_digest": variant.digest,
         "repo_id": variant.repo_id,  # the org may come from the environment; the card names it
         "source_sha256": source_sha256,
@@ -64,20 +66,15 @@ def inputs_of(variant: Variant, source_sha256: str) -> dict:
     }
 
 
+def why_not_built(variant_dir: Path, inputs: dict | None = None) -> str | None:
+    """None when the directory is a complete build (zoo.builddir) made from `inputs`; else why not."""
+    return builddir.why_not(variant_dir, inputs)
+
+
 def is_built(variant_dir: Path, inputs: dict | None = None) -> bool:
-    """True when the directory is complete (eval.json, all files hashed) and built from `inputs`."""
-    try:
-        checksums = json.loads((variant_dir / "checksums.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not (variant_dir / "eval.json").is_file():
-        return False
-    if inputs is not None and checksums.get("inputs") != inputs:
-        return False
-    files = checksums.get("files", {})
-    if set(BUILT_FILES) - set(files):
-        return False
-    return all((variant_dir / f).is_file() and sha256_file(variant_dir / f) == h for f, h in files.items())
+    """True when the directory is complete (eval.json, exactly the format's files, all hashed) and
+    built from `inputs`."""
+    return why_not_built(variant_dir, inputs) is None
 
 
 def stored_result(variant_dir: Path) -> bool | None:

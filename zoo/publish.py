@@ -1,7 +1,8 @@
 """Publish built variants (DIR/NAME/: the model directory + card, eval.json, checksums.json) to the Hub.
 
-A variant is published only if its build is complete and current (checksums.json matches the files)
-and its gates passed (eval.json). The remote is compared file by file (sha256 against LFS oids, git
+A variant is published only if its build is complete and current (zoo.builddir: the build's own test,
+exactly the format's five files, hashes matching checksums.json), was built as this variant for this
+repo from this manifest (the inputs checksums.json records), and its gates passed (eval.json). The remote is compared file by file (sha256 against LFS oids, git
 blob ids for small files) and only what changed goes up, in ONE commit whose parent is the head we
 compared against, so the remote is either unchanged or fully updated. Transient network failures
 are retried with backoff, re-comparing first (a commit whose answer was lost is not made twice).
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-BUILT_FILES = ("config.json", "weights.safetensors", "README.md", "eval.json", "checksums.json")
+from . import CONVERTER_VERSION, builddir
+
+BUILT_FILES = builddir.FILES
 RETRY_STATUS = (408, 412, 429, 500, 502, 503, 504)  # 412: the branch moved under us -> compare again
 
 
@@ -91,37 +94,32 @@ def gate_failures(eval_data: dict) -> list[str]:
     return failed
 
 
-def check_built(variant_dir: Path) -> list[LocalFile]:
-    """The files of a complete, current, gate-passing build; PublishError saying why otherwise."""
-    if not variant_dir.is_dir():
-        raise PublishError(f"{variant_dir}: not built (no such directory)")
-    missing = [n for n in BUILT_FILES if not (variant_dir / n).is_file()]
-    if missing:
-        raise PublishError(f"{variant_dir / missing[0]}: missing; the build is incomplete (missing: {', '.join(missing)})")
+def check_built(variant_dir: Path, expected: dict | None = None) -> list[LocalFile]:
+    """The five files of a complete, current, gate-passing build (zoo.builddir: the build's own
+    definition), made as the variant `expected` describes (its name, repo id, manifest digest,
+    converter version); PublishError saying why otherwise."""
+    try:
+        builddir.check(variant_dir, expected)
+    except builddir.IncompleteBuild as e:
+        raise PublishError(str(e)) from None
     eval_data = _read_json(variant_dir / "eval.json")
     if "passed" not in eval_data:
         raise PublishError(f"{variant_dir / 'eval.json'}: field 'passed' missing; not a gate result")
     failed = gate_failures(eval_data)
     if failed:
         raise PublishError(f"{variant_dir / 'eval.json'}: gates failed ({', '.join(failed)}); refusing to publish")
-    sums = _read_json(variant_dir / "checksums.json").get("files")
-    if not isinstance(sums, dict) or not sums:
-        raise PublishError(f"{variant_dir / 'checksums.json'}: field 'files' must map file names to sha256")
     files = []
-    for name in sorted(p.name for p in variant_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for name in sorted(builddir.FILES):
         sha256, sha1 = file_digests(variant_dir / name)
-        if name != "checksums.json":
-            expected = sums.get(name)
-            expected = expected.get("sha256") if isinstance(expected, dict) else expected
-            if expected is None:
-                raise PublishError(f"{variant_dir / name}: not listed in checksums.json; the build is stale")
-            if expected != sha256:
-                raise PublishError(f"{variant_dir / name}: sha256 {sha256[:12]}… does not match checksums.json ({str(expected)[:12]}…); the build is stale")
         files.append(LocalFile(name, variant_dir / name, (variant_dir / name).stat().st_size, sha256, sha1))
-    gone = sorted(set(sums) - {f.path_in_repo for f in files})
-    if gone:
-        raise PublishError(f"{variant_dir / gone[0]}: listed in checksums.json but missing; the build is incomplete")
     return files
+
+
+def expected_inputs(variant) -> dict:
+    """What a build of `variant` (zoo.manifest.Variant) records that publish checks: it is this variant,
+    for this repo, from this manifest, by this converter."""
+    return {"variant": variant.name, "repo_id": variant.repo_id, "manifest_digest": variant.digest,
+            "converter_version": CONVERTER_VERSION}
 
 
 def _api(endpoint: str | None = None):
@@ -203,6 +201,7 @@ def publish(
     repo_id: str,
     *,
     name: str | None = None,
+    expected: dict | None = None,
     dry_run: bool = False,
     api=None,
     revision: str = "main",
@@ -210,10 +209,11 @@ def publish(
     retry_wait: float = 2.0,
     log: Callable[[str], None] = print,
 ) -> Plan:
-    """Publish one built variant directory to `repo_id`; returns the (executed) plan."""
+    """Publish one built variant directory to `repo_id`; returns the (executed) plan. `expected`: the
+    inputs its checksums.json must record (expected_inputs(variant))."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    files = check_built(variant_dir)
+    files = check_built(variant_dir, expected)
     name = name or variant_dir.name
     api = api or _api()
     if not dry_run and api.token is None:
@@ -284,8 +284,8 @@ def publish_variants(
     failures = 0
     for n in names or list(by_name):
         try:
-            publish(build_dir / n, target_repo(by_name[n].repo_id, org), name=n, dry_run=dry_run,
-                    attempts=attempts, retry_wait=retry_wait, log=log)
+            publish(build_dir / n, target_repo(by_name[n].repo_id, org), name=n, expected=expected_inputs(by_name[n]),
+                    dry_run=dry_run, attempts=attempts, retry_wait=retry_wait, log=log)
         except PublishError as e:
             err(f"{'failed' if isinstance(e, PushError) else 'refused'} {n}: {e}")
             failures += 1
