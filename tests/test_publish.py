@@ -314,3 +314,14 @@ def test_build_and_publish_agree_on_complete(hub, build, tmp_path, damage):
     assert why is not None and not zoo_build.is_built(build / NAME, inputs)
     done = publish_cli(hub, tmp_path / "hf", build, NAME)
     assert done.returncode == 1 and done.stderr.strip() == f"refused {NAME}: {why}"
+
+
+def test_publish_offline_is_refused_at_once_not_retried(hub, built, tmp_path):
+    """Issue 17 point 12: HF_HUB_OFFLINE=1 is a setting, not a network hiccup: one line saying so, no retries."""
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--attempts", "5", HF_HUB_OFFLINE="1")
+    assert done.returncode == 1
+    assert "retrying" not in done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith(f"failed {NAME}: {REPO}: ")
+    assert "offline (HF_HUB_OFFLINE=1)" in line and "not retried" in line
+    assert hub.log == []

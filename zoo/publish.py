@@ -176,9 +176,17 @@ def push(p: Plan, api=None, revision: str = "main") -> str | None:
     return info.oid
 
 
+def hub_offline() -> bool:
+    """Whether huggingface_hub runs in offline mode (HF_HUB_OFFLINE=1): every Hub call would fail."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def _transient(error: BaseException) -> bool:
-    """Network trouble or a Hub hiccup worth retrying (anywhere in the exception chain)."""
-    from huggingface_hub.errors import HfHubHTTPError
+    """Network trouble or a Hub hiccup worth retrying (anywhere in the exception chain); offline mode
+    (HF_HUB_OFFLINE) is a setting, never retried."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     try:
         import httpx2 as httpx
@@ -187,6 +195,8 @@ def _transient(error: BaseException) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(error, OfflineModeIsEnabled):
+            return False
         if isinstance(error, HfHubHTTPError):
             status = error.response.status_code if error.response is not None else None
             return status in RETRY_STATUS
@@ -215,6 +225,8 @@ def publish(
 
     files = check_built(variant_dir, expected)
     name = name or variant_dir.name
+    if hub_offline() and not dry_run:
+        raise PushError(f"{repo_id}: offline (HF_HUB_OFFLINE=1): publishing needs the Hub; not retried, nothing sent")
     api = api or _api()
     if not dry_run and api.token is None:
         from huggingface_hub import get_token
