@@ -325,3 +325,30 @@ def test_publish_offline_is_refused_at_once_not_retried(hub, built, tmp_path):
     assert "\n" not in line and line.startswith(f"failed {NAME}: {REPO}: ")
     assert "offline (HF_HUB_OFFLINE=1)" in line and "not retried" in line
     assert hub.log == []
+
+
+@pytest.mark.parametrize(
+    "env, why",
+    [({"HF_HUB_OFFLINE": "1"}, "offline (HF_HUB_OFFLINE=1)"), ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "cannot reach")],
+    ids=["HF_HUB_OFFLINE", "unreachable"],
+)
+def test_dry_run_offline_prints_the_local_plan(hub, built, tmp_path, env, why):
+    """Issue 18 point 6: a dry run without the Hub prints what would go up (files, sizes, card) and
+    says the remote could not be compared, instead of failing after retries."""
+    done = publish_cli(hub, tmp_path / "hf", built.parent, NAME, "--dry-run", "--attempts", "5", **env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "retrying" not in out and done.stderr == ""
+    assert out.splitlines()[0].startswith(f"{NAME} -> {REPO} (remote not compared: {why}")
+    for name in ("config.json", "weights.safetensors", "README.md", "eval.json", "checksums.json"):
+        f = built / name
+        line = next(l for l in out.splitlines() if f" {name} " in l)
+        assert line.split()[0] == "local" and f" {f.stat().st_size} bytes" in line
+        assert sha256(f.read_bytes()) in line
+    card = next(l for l in out.splitlines() if l.strip().startswith("card:"))
+    assert f"# {REPO}" in card and "license mit" in card and "base_model openai/whisper-tiny.en" in card
+    assert "gates passed" in card
+    total = sum((built / n).stat().st_size for n in ("config.json", "weights.safetensors", "README.md",
+                                                      "eval.json", "checksums.json"))
+    assert f"dry run: remote not compared; 5 file(s), {total} bytes would be uploaded where they differ" in out
+    assert writes(hub) == [] and hub.repos == {}

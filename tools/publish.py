@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help="variant names, e.g. tiny.en-4bit")
     parser.add_argument("--all", action="store_true", help="every variant in manifests/")
     parser.add_argument("--build-dir", type=Path, default=Path("build"), help="where tools/build.py wrote DIR/NAME/")
-    parser.add_argument("--dry-run", action="store_true", help="print what would change, file by file; upload nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print what would change, file by file; upload nothing (without the Hub: the local plan and card)")
     parser.add_argument("--manifests", type=Path, default=None, help="manifests directory (default: manifests/)")
     parser.add_argument("--org", help="publish under this Hub org instead of the manifests' (or $WHISPER_MLX_ZOO_ORG)")
     parser.add_argument("--attempts", type=int, default=5, help="tries per variant on network failures")

@@ -46,7 +46,7 @@ class LocalFile:
 @dataclass(frozen=True)
 class FileChange:
     file: LocalFile
-    action: Literal["create", "update", "unchanged"]
+    action: Literal["create", "update", "unchanged", "local"]  # local: the remote was not compared
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Plan:
     head: str | None  # the commit compared against
     changes: list[FileChange] = field(default_factory=list)
     commit: str | None = None  # set once pushed
+    not_compared: str | None = None  # why the remote could not be compared (a dry run without the Hub)
 
     @property
     def uploads(self) -> list[LocalFile]:
@@ -183,6 +184,32 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _unreachable(error: BaseException) -> str | None:
+    """Why the Hub cannot be reached (offline mode, no connection) if that is the error, else None."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        import httpx2 as httpx
+    except ImportError:  # huggingface_hub < 2 uses httpx/requests
+        import httpx  # type: ignore[no-redef]
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OfflineModeIsEnabled):
+            return "offline (HF_HUB_OFFLINE=1)"
+        if isinstance(error, HfHubHTTPError):
+            return None
+        if isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError)):
+            return f"cannot reach the Hub ({type(error).__name__})"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def local_plan(name: str, files: list[LocalFile], repo_id: str, why: str) -> Plan:
+    """The plan when the remote cannot be compared: every local file, as it would be offered."""
+    return Plan(name, repo_id, False, None, [FileChange(f, "local") for f in files], not_compared=why)
+
+
 def _transient(error: BaseException) -> bool:
     """Network trouble or a Hub hiccup worth retrying (anywhere in the exception chain); offline mode
     (HF_HUB_OFFLINE) is a setting, never retried."""
@@ -225,8 +252,12 @@ def publish(
 
     files = check_built(variant_dir, expected)
     name = name or variant_dir.name
-    if hub_offline() and not dry_run:
-        raise PushError(f"{repo_id}: offline (HF_HUB_OFFLINE=1): publishing needs the Hub; not retried, nothing sent")
+    if hub_offline():
+        if not dry_run:
+            raise PushError(f"{repo_id}: offline (HF_HUB_OFFLINE=1): publishing needs the Hub; not retried, nothing sent")
+        p = local_plan(name, files, repo_id, "offline (HF_HUB_OFFLINE=1)")
+        log(describe(p, dry_run))
+        return p
     api = api or _api()
     if not dry_run and api.token is None:
         from huggingface_hub import get_token
@@ -246,6 +277,10 @@ def publish(
         except PublishError:
             raise
         except Exception as e:  # noqa: BLE001 - classified below; anything not transient is reported
+            if dry_run and (why := _unreachable(e)):  # a dry run shows the local plan instead
+                p = local_plan(name, files, repo_id, why)
+                log(describe(p, dry_run))
+                return p
             if not _transient(e) or attempt == attempts:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code in (401, 403):
@@ -258,14 +293,48 @@ def publish(
 
 
 def describe(p: Plan, dry_run: bool = False) -> str:
-    """The plan, file by file: action, path, size and sha256."""
-    head = f"{p.name} -> {p.repo_id}" + ("" if p.repo_exists else " (new repo, would be created)" if dry_run else " (new repo)")
+    """The plan, file by file: action, path, size and sha256; without a remote comparison, the card too."""
+    if p.not_compared:
+        head = f"{p.name} -> {p.repo_id} (remote not compared: {p.not_compared})"
+    else:
+        head = f"{p.name} -> {p.repo_id}" + ("" if p.repo_exists else " (new repo, would be created)" if dry_run else " (new repo)")
     lines = [head]
     for c in p.changes:
         lines.append(f"  {c.action:<9} {c.file.path_in_repo:<22} {c.file.size:>12} bytes  sha256 {c.file.sha256}")
-    if dry_run:
+    card = next((c.file.local for c in p.changes if c.file.path_in_repo == "README.md"), None)
+    if p.not_compared and card is not None:
+        lines.append(f"  card: {card_summary(card)}")
+    if dry_run and p.not_compared:
+        size = sum(f.size for f in p.uploads)
+        lines.append(f"  dry run: remote not compared; {len(p.uploads)} file(s), {size} bytes would be uploaded "
+                     "where they differ from it, in one commit")
+    elif dry_run:
         lines.append(f"  dry run: {len(p.uploads)} file(s) would be uploaded in one commit" if p.uploads else "  dry run: up to date")
     return "\n".join(lines)
+
+
+def card_summary(path: Path) -> str:
+    """One line about a model card: its title and what its metadata says (license, base model, gates)."""
+    import yaml
+
+    text = path.read_text()
+    meta: dict = {}
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        front, text = text[4:].split("\n---\n", 1)
+        try:
+            meta = yaml.safe_load(front) or {}
+        except yaml.YAMLError:
+            meta = {}
+    title = next((line for line in text.splitlines() if line.startswith("# ")), "(no title)")
+    parts = [title]
+    for key in ("license", "base_model", "pipeline_tag"):
+        if meta.get(key):
+            parts.append(f"{key} {meta[key]}")
+    if "Overall: **passed**" in text:
+        parts.append("gates passed")
+    elif "Overall: **FAILED**" in text:
+        parts.append("gates FAILED")
+    return "; ".join(parts) + f" ({len(path.read_text().splitlines())} lines)"
 
 
 def target_repo(repo_id: str, org: str | None) -> str:
