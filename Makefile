@@ -5,7 +5,7 @@ AUDIO ?=
 MODEL ?= mlx_models/tiny.en
 SETUP := .venv/.setup-done
 
-.PHONY: setup test transcribe build-all build-offline publish bench registry
+.PHONY: setup test transcribe build-all build-family build-offline publish bench registry
 
 setup: $(SETUP)
 
@@ -28,6 +28,11 @@ mlx_models/tiny.en/config.json: | $(SETUP)
 
 build-all: $(SETUP)
 	$(PY) tools/build.py --all --out $(OUT)
+
+# One family's variants (a release job builds one: .github/workflows/release.yml).
+build-family: $(SETUP)
+	@test -n "$(FAMILY)" || { echo "usage: make build-family FAMILY=tiny.en [OUT=build]"; exit 2; }
+	$(PY) -m tools.build --family "$(FAMILY)" --out $(OUT)
 
 build-offline: $(SETUP)
 	$(PY) tools/build.py --all --offline-only --out $(OUT)

@@ -53,6 +53,8 @@ ROWS = [
         r"{d}/m/tiny\.en\.yaml: dims\.n_mels: Input should be a valid integer", files=BAD_FIELD),
     Row("build-no-defaults", "tools.build", ("tiny.en-4bit", "--manifests", "{d}/m", "--out", "{d}/out"),
         r"{d}/m/_defaults\.yaml: missing", files=NO_DEFAULTS),
+    Row("build-unknown-family", "tools.build", ("--family", "tiny.fr", "--manifests", "{d}/m", "--out", "{d}/out"),
+        r"{d}/m: no model family 'tiny\.fr' \(known: tiny\.en\)", files=GOOD),
     Row("build-no-manifests", "tools.build", ("--all", "--manifests", "{d}/none", "--out", "{d}/out"),
         r"{d}/none: no manifests"),
     Row("build-list-bad-manifest", "tools.build", ("--list", "--manifests", "{d}/m"),
@@ -62,6 +64,8 @@ ROWS = [
         r"{d}/m/tiny\.en\.yaml: dims\.n_mels", files=BAD_FIELD),
     Row("registry-check-bad-manifest", "zoo.registry", ("--check", "--manifests", "{d}/m", "--output", "{d}/r.json"),
         r"{d}/m/tiny\.en\.yaml:3\d: duplicate key", files=DUPLICATE_KEY),
+    Row("registry-matrix-bad-manifest", "zoo.registry", ("--matrix", "--manifests", "{d}/m"),
+        r"{d}/m/tiny\.en\.yaml:2: expected", files=NOT_YAML),
     # tools/publish.py (refused before any network use)
     Row("publish-bad-manifest", "tools.publish", ("tiny.en-4bit", "--manifests", "{d}/m", "--build-dir", "{d}/b"),
         r"{d}/m/tiny\.en\.yaml:2: expected", files=NOT_YAML),

@@ -199,6 +199,11 @@ def test_offline_only_reports_network_sources(env, tmp_path):
                                                  ["small.en-4bit", "offline-unavailable"]]
     assert "not buildable offline: every source needs the network (http://127.0.0.1:9/small.en.pt)" in rows[0]
     assert not any((tmp_path / "o").iterdir())
+    # --family: every variant of one family (what a release job builds)
+    r = _run(env, "--offline-only", "--family", "small.en", "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert [row.split()[:2] for row in r.stdout.splitlines()[1:]] == [
+        [f"small.en-{suffix}", "offline-unavailable"] for suffix in ("fp16", "fp32", "8bit", "4bit")]
     # without --offline-only the unreachable source is an error, and the build fails
     r = _run(env, "small.en-fp16", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "small.en-fp16  error" in r.stdout and "cannot download" in r.stdout

@@ -3,6 +3,7 @@
 
   tools/build.py --list
   tools/build.py tiny.en-fp16 tiny.en-4bit --out build
+  tools/build.py --family large-v3 --out build
   tools/build.py --all --offline-only --out build
 """
 
@@ -18,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", help="variant names (see --list)")
+    p.add_argument("--family", action="append", default=[], metavar="FAMILY",
+                   help="every variant of this model family, e.g. tiny.en (repeatable; a release job builds one)")
     p.add_argument("--all", action="store_true", help="every variant of every manifest")
     p.add_argument("--list", action="store_true", help="print one variant per line, name first")
     p.add_argument("--out", type=Path, default=Path("build"), help="output directory (default: build)")
@@ -25,10 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifests", type=Path, default=None, help="manifests directory (default: manifests/)")
     p.add_argument("--clips-dir", type=Path, default=None, help="gate clip cache (default: ~/.cache/whisper-mlx/clips)")
     args = p.parse_args(argv)
-    if not args.list and not args.all and not args.names:
-        p.error("name variants, or give --all or --list")
-    if args.all and args.names:
-        p.error("--all and variant names are exclusive")
+    if not args.list and not args.all and not args.names and not args.family:
+        p.error("name variants or --family, or give --all or --list")
+    if args.all and (args.names or args.family):
+        p.error("--all and variant or family names are exclusive")
     return args
 
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = build.build(
             None if args.all else args.names,
             args.out,
+            families=args.family,
             offline_only=args.offline_only,
             manifests_dir=args.manifests,
             clips_dir=args.clips_dir,

@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import CONVERTER_VERSION, builddir
 from .convert import atomic_dir, build_model, model_config, write_model_dir
-from .manifest import Family, ManifestError, Variant, variants
+from .manifest import Family, ManifestError, Variant, manifests_root, variants
 from .sources import Checkpoint, SourceError, describe, fingerprint, load_for_family, pick_source, sha256_file
 
 BUILT_FILES = builddir.HASHED_FILES
@@ -42,9 +42,17 @@ def clips_cache_dir() -> Path:
     return base / "whisper-mlx" / "clips"
 
 
-def select(names: list[str] | None, manifests_dir: Path | None = None) -> list[Variant]:
-    """The variants named (all when `names` is None), in manifest order; unknown names refused."""
+def select(names: list[str] | None, manifests_dir: Path | None = None,
+           families: list[str] | None = None) -> list[Variant]:
+    """The variants named plus every variant of the `families` named (all when neither is given), in
+    manifest order; unknown names refused."""
     every = variants(manifests_dir)
+    if families:
+        known = dict.fromkeys(v.family.family for v in every)
+        unknown = [f for f in families if f not in known]
+        if unknown:
+            raise ManifestError(f"{manifests_root(manifests_dir)}: no model family {unknown[0]!r} (known: {', '.join(known)})")
+        names = list(names or []) + [v.name for v in every if v.family.family in families]
     if names is None:
         return every
     by_name = {v.name: v for v in every}
@@ -213,11 +221,13 @@ def build(
     manifests_dir: Path | None = None,
     clips_dir: Path | None = None,
     log: Callable[[str], None] = print,
+    families: list[str] | None = None,
 ) -> list[Outcome]:
-    """Build the named variants (None: all) into OUT/NAME; one Outcome per variant. The manifests
-    and names are validated before anything is written (OUT included)."""
+    """Build the named variants and every variant of the named families (neither: all) into
+    OUT/NAME; one Outcome per variant. Manifests and names are validated before anything is
+    written (OUT included)."""
     out = Path(out)
-    wanted = select(names, manifests_dir)
+    wanted = select(names, manifests_dir, families)
     out.mkdir(parents=True, exist_ok=True)
     families: dict[str, tuple[Family, list[Variant]]] = {}
     for v in wanted:

@@ -217,12 +217,40 @@ class GateDefaults(BaseModel):
     thresholds: Thresholds = Thresholds()
 
 
+RunnerLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class LargeRunner(BaseModel):
+    """Where families at least `min_n_audio_state` wide are built."""
+
+    model_config = _STRICT
+    min_n_audio_state: int = Field(gt=0)
+    runner: RunnerLabel
+    timeout_minutes: int = Field(gt=0, le=4320)
+
+
+class Release(BaseModel):
+    """Where the release workflow builds and gates a family (a GitHub Actions runner label)."""
+
+    model_config = _STRICT
+    runner: RunnerLabel
+    timeout_minutes: int = Field(gt=0, le=4320)  # hosted runners stop a job at 6 h, self-hosted at 72 h
+    large: LargeRunner | None = None
+
+    def for_family(self, family: "Family") -> tuple[str, int]:
+        """(runner label, job timeout in minutes) for one family."""
+        if self.large and family.dims.n_audio_state >= self.large.min_n_audio_state:
+            return self.large.runner, self.large.timeout_minutes
+        return self.runner, self.timeout_minutes
+
+
 class Defaults(BaseModel):
     """manifests/_defaults.yaml: what every family shares, written once."""
 
     model_config = _STRICT
     license: Literal["mit"]
     gates: GateDefaults
+    release: Release
     # the standard variants, keyed by the suffix their recipe names them with, in build order
     variants: dict[str, VariantRecipe] = Field(min_length=1)
 

@@ -2,6 +2,8 @@
 
 `python -m zoo.registry` rewrites whisper_mlx/assets/registry.json; `--check` only reports whether it
 is in sync (non-zero exit if not). The runtime reads the JSON and never imports the zoo.
+`--matrix` prints the families as a GitHub Actions matrix (one release job per family: its runner,
+timeout and variants, from manifests/_defaults.yaml's `release`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .manifest import ManifestError, variants
+from .manifest import DEFAULTS_FILE, ManifestError, load_defaults, load_manifests, manifests_root, variants
 
 # whisper_mlx.hub.REGISTRY_PATH, without importing the runtime (and mlx) to write a JSON file
 REGISTRY_PATH = Path(__file__).resolve().parents[1] / "whisper_mlx" / "assets" / "registry.json"
@@ -26,6 +28,18 @@ def build_registry(manifests_dir: Path | None = None) -> dict:
         "generated_by": "python -m zoo.registry (from manifests/; do not edit)",
         "models": dict(sorted(models.items())),
     }
+
+
+def release_matrix(manifests_dir: Path | None = None) -> dict:
+    """{"include": [{family, runner, timeout_minutes, variants}, ...]}: one release job per family."""
+    families = load_manifests(manifests_dir)
+    release = load_defaults(manifests_root(manifests_dir) / DEFAULTS_FILE).release
+    include = []
+    for family in families:
+        runner, timeout = release.for_family(family)
+        include.append({"family": family.family, "runner": runner, "timeout_minutes": timeout,
+                        "variants": " ".join(v.name for v in family.variants)})
+    return {"include": include}
 
 
 def render(registry: dict) -> str:
@@ -55,11 +69,17 @@ def in_sync(path: Path = REGISTRY_PATH, manifests_dir: Path | None = None) -> bo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.registry", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that the registry is in sync")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only check that the registry is in sync")
+    mode.add_argument("--matrix", action="store_true",
+                      help="print the families as a GitHub Actions matrix (JSON, one line) and write nothing")
     parser.add_argument("--output", type=Path, default=REGISTRY_PATH, help="registry file to write or check")
     parser.add_argument("--manifests", type=Path, default=None, help="manifests directory (default: manifests/)")
     args = parser.parse_args(argv)
     try:
+        if args.matrix:
+            print(json.dumps(release_matrix(args.manifests), separators=(",", ":")))
+            return 0
         if args.check:
             ok = in_sync(args.output, args.manifests)
             print(f"{args.output}: {'in sync' if ok else 'out of date; run `python -m zoo.registry`'}",
