@@ -24,10 +24,10 @@ transcribe: $(SETUP) $(MODEL)/config.json
 	.venv/bin/whisper-mlx "$(AUDIO)" --model $(MODEL) --word-timestamps True --output-dir .
 
 mlx_models/tiny.en/config.json: | $(SETUP)
-	$(PY) tools/convert.py --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en --dtype float32
+	$(PY) -m tools.convert --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en --dtype float32
 
 build-all: $(SETUP)
-	$(PY) tools/build.py --all --out $(OUT)
+	$(PY) -m tools.build --all --out $(OUT)
 
 # One family's variants (a release job builds one: .github/workflows/release.yml).
 build-family: $(SETUP)
@@ -35,10 +35,10 @@ build-family: $(SETUP)
 	$(PY) -m tools.build --family "$(FAMILY)" --out $(OUT)
 
 build-offline: $(SETUP)
-	$(PY) tools/build.py --all --offline-only --out $(OUT)
+	$(PY) -m tools.build --all --offline-only --out $(OUT)
 
 publish: $(SETUP)
-	$(PY) tools/publish.py --all --build-dir $(OUT)
+	$(PY) -m tools.publish --all --build-dir $(OUT)
 
 registry: $(SETUP)
 	$(PY) -m zoo.registry

@@ -632,10 +632,10 @@ HUB_MANIFESTS = TEST_CACHE / "hub-build-manifests"  # what build_variant(HUB_BUI
 
 
 def publish_cli(hub: HubServer, hf_home: Path, build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """tools/publish.py against this server, checking builds against the manifests they were built
+    """python -m tools.publish against this server, checking builds against the manifests they were built
     from (HUB_MANIFESTS unless `--manifests` is given)."""
     manifests = () if "--manifests" in args else ("--manifests", str(HUB_MANIFESTS))
-    return run([PYTHON, "tools/publish.py", *args, *manifests, "--build-dir", str(build_dir), "--retry-wait", "0.05"],
+    return run([PYTHON, "-m", "tools.publish", *args, *manifests, "--build-dir", str(build_dir), "--retry-wait", "0.05"],
                client_env(hub, hf_home, **env))
 
 
@@ -660,11 +660,11 @@ def _small_gate_manifests(family: str, out: Path) -> Path:
 
 
 def build_variant(build_dir: Path, name: str = "tiny.en-4bit") -> Path:
-    """DIR/NAME/ built by tools/build.py (incremental: reused while its inputs are unchanged)."""
+    """DIR/NAME/ built by python -m tools.build (incremental: reused while its inputs are unchanged)."""
     manifests = _small_gate_manifests(name.rsplit("-", 1)[0], build_dir.parent / f"{build_dir.name}-manifests")
     assert build_dir != HUB_BUILD or manifests == HUB_MANIFESTS
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"PYTHONPATH": str(REPO_ROOT)}
-    done = run([PYTHON, "tools/build.py", name, "--out", str(build_dir), "--manifests", str(manifests),
+    done = run([PYTHON, "-m", "tools.build", name, "--out", str(build_dir), "--manifests", str(manifests),
                 "--clips-dir", str(TEST_CACHE / "clips")], env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return build_dir / name

@@ -42,7 +42,7 @@ NO_DEFAULTS = {"m/tiny.en.yaml": TINY_EN}
 BAD_FIELD = {"m/_defaults.yaml": DEFAULTS, "m/tiny.en.yaml": TINY_EN.replace("n_mels: 80", "n_mels: eighty")}
 
 ROWS = [
-    # tools/build.py
+    # python -m tools.build
     Row("build-unknown-variant", "tools.build", ("tiny.en-3bit", "--manifests", "{d}/m", "--out", "{d}/out"),
         r"no variant named tiny\.en-3bit", files=GOOD),
     Row("build-duplicate-key", "tools.build", ("tiny.en-4bit", "--manifests", "{d}/m", "--out", "{d}/out"),
@@ -55,6 +55,10 @@ ROWS = [
         r"{d}/m/_defaults\.yaml: missing", files=NO_DEFAULTS),
     Row("build-unknown-family", "tools.build", ("--family", "tiny.fr", "--manifests", "{d}/m", "--out", "{d}/out"),
         r"{d}/m: no model family 'tiny\.fr' \(known: tiny\.en\)", files=GOOD),
+    Row("build-family-and-all", "tools.build", ("--all", "--family", "tiny.en", "--out", "{d}/out"),
+        r"^python -m tools\.build: error: --all and variant or family names are exclusive \(see --help\)$"),
+    Row("build-nothing-named", "tools.build", ("--out", "{d}/out"),
+        r"^python -m tools\.build: error: name variants or --family, or give --all or --list"),
     Row("build-no-manifests", "tools.build", ("--all", "--manifests", "{d}/none", "--out", "{d}/out"),
         r"{d}/none: no manifests"),
     Row("build-list-bad-manifest", "tools.build", ("--list", "--manifests", "{d}/m"),
@@ -66,16 +70,20 @@ ROWS = [
         r"{d}/m/tiny\.en\.yaml:3\d: duplicate key", files=DUPLICATE_KEY),
     Row("registry-matrix-bad-manifest", "zoo.registry", ("--matrix", "--manifests", "{d}/m"),
         r"{d}/m/tiny\.en\.yaml:2: expected", files=NOT_YAML),
-    # tools/publish.py (refused before any network use)
+    # python -m tools.publish (refused before any network use)
     Row("publish-bad-manifest", "tools.publish", ("tiny.en-4bit", "--manifests", "{d}/m", "--build-dir", "{d}/b"),
         r"{d}/m/tiny\.en\.yaml:2: expected", files=NOT_YAML),
     Row("publish-unknown-variant", "tools.publish", ("tiny.en-3bit", "--manifests", "{d}/m", "--build-dir", "{d}/b"),
         r"{d}/m: no variant 'tiny\.en-3bit'", files=GOOD),
+    Row("publish-names-and-all", "tools.publish", ("tiny.en-4bit", "--all", "--build-dir", "{d}/b"),
+        r"^python -m tools\.publish: error: give variant NAMEs or --all \(not both\)"),
     Row("publish-not-built", "tools.publish", ("tiny.en-4bit", "--manifests", "{d}/m", "--build-dir", "{d}/b"),
         r"refused tiny\.en-4bit: {d}/b/tiny\.en-4bit: not built", status=1, files=GOOD),
-    # tools/convert.py
+    # python -m tools.convert
     Row("convert-unknown-family", "tools.convert", ("--torch-name-or-path", "tiny.fr", "--mlx-path", "{d}/out"),
         r"no model family 'tiny\.fr'", status=1),
+    Row("convert-bad-dtype", "tools.convert", ("--torch-name-or-path", "tiny.en", "--dtype", "float8", "--mlx-path", "{d}/out"),
+        r"^python -m tools\.convert: error: argument --dtype: invalid choice: 'float8'"),
     Row("convert-missing-pt", "tools.convert", ("--torch-name-or-path", "{d}/gone.pt", "--mlx-path", "{d}/out"),
         r"{d}/gone\.pt", status=1),
 ]

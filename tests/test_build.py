@@ -54,7 +54,7 @@ def env(tmp_path_factory):
 
 
 def _run(env, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "tools" / "build.py"), "--manifests", str(env["manifests"]),
+    cmd = [sys.executable, "-m", "tools.build", "--manifests", str(env["manifests"]),
            "--clips-dir", str(env["clips"]), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env["environ"], cwd=ROOT)
 
@@ -168,7 +168,7 @@ def test_incremental_rebuild(env, built):
 
 def test_interrupted_build_leaves_nothing_complete_looking(env, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "tools" / "build.py"), "--manifests", str(env["manifests"]),
+    cmd = [sys.executable, "-m", "tools.build", "--manifests", str(env["manifests"]),
            "--clips-dir", str(env["clips"]), "tiny.en-fp32", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env["environ"], cwd=ROOT)
@@ -210,7 +210,7 @@ def test_offline_only_reports_network_sources(env, tmp_path):
 
 
 def test_list_and_bad_names(env):
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "build.py"), "--list"],
+    r = subprocess.run([sys.executable, "-m", "tools.build", "--list"],
                        capture_output=True, text=True, cwd=ROOT)
     names = [line.split("\t")[0] for line in r.stdout.splitlines()]
     assert r.returncode == 0 and len(names) == 48 and "large-v3-turbo-4bit" in names

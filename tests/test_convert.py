@@ -119,7 +119,7 @@ def test_bad_parameters_leave_existing_output_untouched(tiny_en, tmp_path):
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), *args],
+    return subprocess.run([sys.executable, "-m", "tools.convert", *args],
                           capture_output=True, text=True, cwd=ROOT)
 
 

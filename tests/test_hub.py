@@ -1,6 +1,6 @@
 """Loading by Hub repo id and by zoo short name (whisper_mlx.hub), through the real huggingface_hub client.
 
-A real tiny.en-4bit build is published to the Hub-compatible test server with tools/publish.py, then a
+A real tiny.en-4bit build is published to the Hub-compatible test server with python -m tools.publish, then a
 fresh interpreter (HF_ENDPOINT pointing at the server, a private HF_HOME) loads and transcribes it.
 """
 

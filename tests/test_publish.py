@@ -1,4 +1,4 @@
-"""tools/publish.py against a Hub-compatible server (tests/hub_server.py) with the real huggingface_hub client.
+"""python -m tools.publish against a Hub-compatible server (tests/hub_server.py) with the real huggingface_hub client.
 
 The variant is a real build of tiny.en-4bit; every assertion reads the server's stored state or its
 request log, so an upload that did not happen, or happened twice, shows.

@@ -170,3 +170,16 @@ def test_release_publishes_only_after_every_family_built_and_gated():
     dry = next(i for i, r in enumerate(runs) if "tools.publish --all" in r and "--dry-run" in r)
     real = next(i for i, r in enumerate(runs) if "tools.publish --all" in r and "--dry-run" not in r)
     assert dry < real
+
+
+@pytest.mark.parametrize("tool", ["build", "convert", "publish"])
+def test_tools_run_as_modules_without_path_edits(tool):
+    """Issue 13 point 6: the zoo's tools are modules of the `tools` package, run with `python -m`;
+    none edits sys.path (the worktree's own zoo is imported because the repo root is the cwd)."""
+    source = (ROOT / "tools" / f"{tool}.py").read_text()
+    assert "sys.path" not in source
+    done = subprocess.run([sys.executable, "-m", f"tools.{tool}", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={k: v for k, v in __import__("os").environ.items()
+                                                      if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m tools.{tool} ")

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Build zoo variants (convert, gate, model card, checksums) into OUT/NAME/.
 
-  tools/build.py --list
-  tools/build.py tiny.en-fp16 tiny.en-4bit --out build
-  tools/build.py --family large-v3 --out build
-  tools/build.py --all --offline-only --out build
+  python -m tools.build --list
+  python -m tools.build tiny.en-fp16 tiny.en-4bit --out build
+  python -m tools.build --family large-v3 --out build
+  python -m tools.build --all --offline-only --out build
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools import ArgumentParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m tools.build", description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", help="variant names (see --list)")
     p.add_argument("--family", action="append", default=[], metavar="FAMILY",
                    help="every variant of this model family, e.g. tiny.en (repeatable; a release job builds one)")

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Convert an OpenAI Whisper checkpoint into an MLX model directory (mlx-whisper's interface).
 
-  tools/convert.py --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en --dtype float32
+  python -m tools.convert --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en --dtype float32
 """
 
 from __future__ import annotations
@@ -10,11 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools import ArgumentParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m tools.convert", description=__doc__.splitlines()[0])
     p.add_argument("--torch-name-or-path", "--torch_name_or_path", dest="torch_name_or_path", default="tiny",
                    help="a model family from manifests/ (e.g. tiny.en) or a local OpenAI-format .pt")
     p.add_argument("--mlx-path", "--mlx_path", dest="mlx_path", default="mlx_models", help="output directory")

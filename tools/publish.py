@@ -1,22 +1,20 @@
-"""Publish built variants to the Hugging Face Hub: `tools/publish.py NAME... --build-dir DIR [--dry-run]`."""
+"""Publish built variants to the Hugging Face Hub: `python -m tools.publish NAME... --build-dir DIR [--dry-run]`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from zoo.manifest import ManifestError  # noqa: E402
-from zoo.publish import publish_variants  # noqa: E402
+from tools import ArgumentParser
+from zoo.manifest import ManifestError
+from zoo.publish import publish_variants
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(prog="python -m tools.publish", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME", help="variant names, e.g. tiny.en-4bit")
     parser.add_argument("--all", action="store_true", help="every variant in manifests/")
-    parser.add_argument("--build-dir", type=Path, default=Path("build"), help="where tools/build.py wrote DIR/NAME/")
+    parser.add_argument("--build-dir", type=Path, default=Path("build"), help="where python -m tools.build wrote DIR/NAME/")
     parser.add_argument("--dry-run", action="store_true", help="print what would change, file by file; upload nothing (without the Hub: the local plan and card)")
     parser.add_argument("--manifests", type=Path, default=None, help="manifests directory (default: manifests/)")
     parser.add_argument("--org", help="publish under this Hub org instead of the manifests' (or $WHISPER_MLX_ZOO_ORG)")

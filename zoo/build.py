@@ -58,7 +58,7 @@ def select(names: list[str] | None, manifests_dir: Path | None = None,
     by_name = {v.name: v for v in every}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ManifestError(f"no variant named {', '.join(unknown)} (see tools/build.py --list)")
+        raise ManifestError(f"no variant named {', '.join(unknown)} (see python -m tools.build --list)")
     return [by_name[n] for n in dict.fromkeys(names)]
 
 

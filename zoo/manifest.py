@@ -461,4 +461,4 @@ def find_variant(name: str, manifests_dir: Path | str | None = None) -> Variant:
     for v in all_variants:
         if v.name == name:
             return v
-    raise ManifestError(f"{manifests_root(manifests_dir)}: no variant {name!r} (see tools/build.py --list)")
+    raise ManifestError(f"{manifests_root(manifests_dir)}: no variant {name!r} (see python -m tools.build --list)")

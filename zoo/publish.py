@@ -361,7 +361,7 @@ def publish_variants(
     by_name = {v.name: v for v in variants(manifests_dir)}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ManifestError(f"{manifests_root(manifests_dir)}: no variant {unknown[0]!r} (see tools/build.py --list)")
+        raise ManifestError(f"{manifests_root(manifests_dir)}: no variant {unknown[0]!r} (see python -m tools.build --list)")
     failures = 0
     for n in names or list(by_name):
         try:
