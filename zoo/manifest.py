@@ -173,7 +173,7 @@ class VariantSpec(VariantRecipe):
 
 
 class Family(BaseModel):
-    """One manifest file: a Whisper model family and its variants."""
+    """A Whisper model family and its variants: a family file laid over the shared defaults (`expand`)."""
 
     model_config = _STRICT
     family: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
