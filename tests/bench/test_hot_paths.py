@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from whisper_mlx.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 from whisper_mlx.tokenizer import get_tokenizer
-from zoo import bench
+from benchmarks import cpu as bench
 
 pytestmark = pytest.mark.bench
 

@@ -1,0 +1,10 @@
+"""Benchmarks (not a release step): speed, memory and accuracy measured side by side, and the
+committed result tables beside this package.
+
+- `core`: the result row (`Row`), the timer (`interleave`: interleaved repeats, fastest or median),
+  peak memory and provenance (machine, versions, git commit).
+- `cpu`: whisper_mlx beside faster-whisper, openai-whisper and mlx-whisper, a fresh process per
+  repeat (`python -m tools.bench`).
+- `check`: the CI speed check against `baseline.json` (`python -m tools.bench --check`).
+- `gpu`: whisper_mlx on CUDA beside openai-whisper on PyTorch CUDA (`python -m tools.bench_gpu`).
+"""
