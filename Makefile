@@ -44,9 +44,9 @@ publish: $(SETUP)
 registry: $(SETUP)
 	$(PY) -m zoo.registry
 
-# The committed tables' runs (benchmarks/README.md): every installed peer on the 30 s clip,
-# faster-whisper alone beside whisper_mlx on the 3+ minute clip; greedy and beam 5.
+# The committed tables' runs (benchmarks/README.md): every installed peer on the 30 s clip (greedy,
+# beam 5), faster-whisper alone beside whisper_mlx on the 3+ minute clip (greedy, beam 5, batch 8).
 bench: $(SETUP)
 	$(PY) -m tools.bench --clip clip30
-	$(PY) -m tools.bench --clip bench_long --systems whisper_mlx faster-whisper
+	$(PY) -m tools.bench --clip bench_long --systems whisper_mlx faster-whisper --setup greedy beam5 batch8
 	$(PY) -m pytest -q -m bench tests/bench --benchmark-only

@@ -30,18 +30,12 @@ PLAN: tuple[tuple[str, str, str, str, str], ...] = (
     ("tiny.en", "clip30", "beam5", "whisper_mlx:fp32/faster-whisper:fp32", "time"),
     ("tiny.en", "clip30", "words", "whisper_mlx:fp32/faster-whisper:fp32", "time"),
     ("base", "clip30", "greedy", "whisper_mlx:fp32/faster-whisper:fp32", "time"),
+    # batching needs several chunks, hence the long clip
+    ("tiny.en", "bench_long", "batch8", "whisper_mlx:fp32/faster-whisper:fp32", "time"),
 )
-# The batched row (issue 14): batching needs several windows, hence the long clip. Part of the plan
-# once whisper_mlx.transcribe accepts batch_size (cpu.whisper_mlx_batches).
-BATCHED = ("tiny.en", "bench_long", "batch8", "whisper_mlx:fp32/faster-whisper:fp32", "time")
 
 Metric = Literal["time", "load", "peak_mb"]
 WHAT = {"time": "speed", "load": "load-time", "peak_mb": "memory"}
-
-
-def default_plan() -> list[tuple[str, str, str, str, str]]:
-    """PLAN, and the batched row when whisper_mlx can batch."""
-    return list(PLAN) + ([BATCHED] if cpu.whisper_mlx_batches() else [])
 
 
 class CheckRow(BaseModel):

@@ -68,11 +68,12 @@ SETUPS = {s.name: s for s in (
     Setup("beam5", "beam search with 5 beams (patience 1, length penalty 1), temperature 0, "
                    "condition_on_previous_text", beam_size=5),
     Setup("words", "greedy with word timestamps (cross-attention alignment)", word_timestamps=True),
-    # the batched row's hook: whisper_mlx `transcribe(..., batch_size=8)` (issue 14) against
-    # faster-whisper's BatchedInferencePipeline at batch 8 (its VAD, no conditioning on previous
-    # text); measured once whisper_mlx.transcribe accepts batch_size
-    Setup("batch8", "batched long-form, greedy, batch 8 (faster-whisper: BatchedInferencePipeline "
-                    "with its VAD)", batch_size=8),
+    # whisper_mlx `transcribe(..., batch_size=8)` (issue 14: chunks follow the speech where
+    # onnxruntime is installed) against faster-whisper's BatchedInferencePipeline at batch 8 (its
+    # VAD); neither conditions a chunk on the previous text
+    Setup("batch8", "batched long-form, greedy, batch 8 (whisper_mlx: transcribe(batch_size=8); "
+                    "faster-whisper: BatchedInferencePipeline; both cut chunks at speech with Silero VAD)",
+          batch_size=8),
 )}
 
 # the issues' targets: (clips (None: every clip), setups, numerator, denominator, max ratio, metric,
@@ -168,25 +169,13 @@ def installed_systems() -> list[str]:
     return [name for name, module in SYSTEMS.items() if importlib.util.find_spec(module) is not None]
 
 
-def whisper_mlx_batches() -> bool:
-    """Whether whisper_mlx.transcribe takes batch_size (issue 14's batched long-form)."""
-    import inspect
-
-    import whisper_mlx
-
-    return "batch_size" in inspect.signature(whisper_mlx.transcribe).parameters
-
-
 def unsupported(system: str, setup: str) -> str | None:
     """Why `system` cannot run `setup`, or None when it can."""
     s = SETUPS[setup]
     if s.beam_size > 1 and system == "mlx-whisper":
         return "mlx-whisper has no beam search"
-    if s.batch_size:
-        if system in ("openai-whisper", "mlx-whisper"):
-            return f"{system} has no batched mode"
-        if system == "whisper_mlx" and not whisper_mlx_batches():
-            return "whisper_mlx.transcribe takes no batch_size yet (issue 14)"
+    if s.batch_size and system in ("openai-whisper", "mlx-whisper"):
+        return f"{system} has no batched mode"
     return None
 
 

@@ -6,7 +6,7 @@ second (throughput), and each request's latency through the server. Every server
 checked against the in-process one (same model directory, same options), so a fast wrong
 answer shows.
 
-    .venv/bin/python benchmarks/server_load.py --requests 8 --concurrency 4 --rounds 2 --batch-size 4 \
+    .venv/bin/python -m benchmarks.server_load --requests 8 --concurrency 4 --rounds 2 --batch-size 4 \
         --out benchmarks/server-load-linux-cpu-2core-2026-11-30
 
 `--batch-size B` adds a pass through `serve --batch-size B` (queued requests decoded together by
@@ -15,7 +15,7 @@ counted, not required equal). Each round runs every pass over the same N files, 
 rotating between rounds, so load from elsewhere on the machine hits all of them.
 
 Bounded: N requests per pass, at most M in flight, the server only on 127.0.0.1, every wait
-capped. The model is tiny.en fp32 converted from the offline package (zoo.bench's cache); the
+capped. The model is tiny.en fp32 converted from the offline package (benchmarks.cpu's cache); the
 clips are the English `parity` clips of zoo/clips.yaml (synthesized speech, 6-10 s each), used
 in turn.
 """
@@ -36,13 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import whisper_mlx
+from whisper_mlx.audio import load_audio
 
-import whisper_mlx  # noqa: E402
-from whisper_mlx.audio import load_audio  # noqa: E402
-from zoo.bench import DEFAULT_CACHE, whisper_mlx_dir  # noqa: E402
-from zoo.speech import load_specs, make_clips  # noqa: E402
+from benchmarks.core import DEFAULT_CACHE, ROOT
+from benchmarks.cpu import whisper_mlx_dir
+from zoo.speech import load_specs, make_clips
 
 CLIPS = ("en_weather", "en_train", "en_garden", "en_library", "en_recipe", "en_meeting", "en_river", "en_phone")
 START_S = 120  # bound on the server coming up
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=0,
                    help="also a pass through `serve --batch-size B` (batched decoding of queued requests; 0: none)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                   help="where the converted model and the clips are made and reused (zoo.bench's layout: "
+                   help="where the converted model and the clips are made and reused (benchmarks.cpu's layout: "
                         "models/tiny.en-fp32, clips/)")
     p.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json (default: print the table only)")
     p.add_argument("--note", default="", help="a line for the results file (what else ran on the machine)")
