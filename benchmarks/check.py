@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmarks import cpu
-from benchmarks.core import DEFAULT_CACHE, BenchError, metric_value, find_row
+from benchmarks.core import DEFAULT_CACHE, BenchError, ratio
 
 # The CI check's rows: (family, clip, setup, ratio, metric). Kept to a few minutes on 2 cores.
 PLAN: tuple[tuple[str, str, str, str, str], ...] = (
@@ -158,10 +158,7 @@ def evaluate(result: dict, baseline: Baseline) -> list[dict]:
     for row in baseline.rows:
         num, den = row.ratio.split("/")
         case = cpu.case_name(row.clip, row.setup)
-        a, b = find_row(rows, row.family, case, num), find_row(rows, row.family, case, den)
-        x = metric_value(a, row.metric) if a else None
-        y = metric_value(b, row.metric) if b else None
-        value = x / y if x is not None and y else None
+        value = ratio(rows, row.family, case, num, den, row.metric)
         tolerance = baseline.tolerance if row.tolerance is None else row.tolerance
         limit = row.value * (1 + tolerance)
         out.append({"row": row.label, "metric": row.metric, "value": value, "baseline": row.value,

@@ -300,6 +300,13 @@ def test_bad_baseline_through_the_command(tmp_path):
         assert proc.returncode == 2 and str(bad) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_run_as_a_file_says_how_to_run_it():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["tools/bench.py: run it from the repository root as `python -m tools.bench`"]
+
+
 # ---- real runs: every installed system, real weights, real speech -------------------------------
 
 

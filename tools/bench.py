@@ -17,7 +17,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import core, cpu
+if not __package__:  # run as a file: the repository root is not on the path
+    sys.exit("tools/bench.py: run it from the repository root as `python -m tools.bench`")
+
+from benchmarks import core, cpu  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
