@@ -172,7 +172,7 @@ def test_release_publishes_only_after_every_family_built_and_gated():
     assert dry < real
 
 
-@pytest.mark.parametrize("tool", ["build", "convert", "publish"])
+@pytest.mark.parametrize("tool", ["build", "convert", "publish", "bench"])
 def test_tools_run_as_modules_without_path_edits(tool):
     """Issue 13 point 6: the zoo's tools are modules of the `tools` package, run with `python -m`;
     none edits sys.path (the worktree's own zoo is imported because the repo root is the cwd)."""

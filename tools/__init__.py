@@ -3,8 +3,9 @@
   python -m tools.build --list
   python -m tools.convert --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en
   python -m tools.publish tiny.en-4bit --build-dir build --dry-run
+  python -m tools.bench --check benchmarks/baseline.json
 
-Each parses its arguments and calls a zoo function; no logic lives here.
+Each parses its arguments and calls a zoo or benchmarks function; no logic lives here.
 """
 
 from __future__ import annotations

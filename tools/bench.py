@@ -21,10 +21,11 @@ if not __package__:  # run as a file: the repository root is not on the path
     sys.exit("tools/bench.py: run it from the repository root as `python -m tools.bench`")
 
 from benchmarks import core, cpu  # noqa: E402
+from tools import ArgumentParser  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0],
+    p = ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--family", nargs="+", default=["tiny.en", "base"], help="model families (manifests/)")
     p.add_argument("--clip", nargs="+", default=list(cpu.CLIPS), choices=list(cpu.CLIPS),
