@@ -245,6 +245,11 @@ def transcribe_many(
     read; the others go on. decode_options: DecodingOptions fields (language, task, beam_size,
     best_of, patience, length_penalty, suppress_tokens, ...); no text is carried between chunks.
 
+    Like faster-whisper's batched mode, chunks decode without timestamp tokens by default (one
+    segment per chunk; word_timestamps still time every word): with timestamps, a chunk's text
+    after an early end-of-segment is lost, since no later window re-reads it as the sequential
+    loop's does (pass without_timestamps=False for segments cut at timestamp tokens).
+
     vad_filter: chunks are speech regions (Silero VAD) joined up to 30 s; None: so when
     onnxruntime is installed, else (and with False) consecutive 30 s windows, which can cut a
     word in two. vad_parameters default to faster-whisper's batched ones: regions split at
@@ -258,6 +263,7 @@ def transcribe_many(
         require_onnxruntime()
     if vad_parameters is None:
         vad_parameters = VadOptions(max_speech_duration_s=30.0, min_silence_duration_ms=160)
+    decode_options.setdefault("without_timestamps", True)
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
     options = BatchOptions(
         batch_size=batch_size, temperature=temperatures, compression_ratio_threshold=compression_ratio_threshold,
