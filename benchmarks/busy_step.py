@@ -8,12 +8,13 @@ cores takes no more than 1.5x the quiet step.
 
 Each round times `--steps` one-token steps of one fresh decoding (prompt of 32 tokens first)
 quiet, then again with `python -c "while True: pass"` pinned to one CPU of this process's set,
-so quiet and busy alternate and slow drift in the machine's load hits both. `--against` times
-another build of csrc/cpu_kernels.c (same C API, e.g. an earlier commit's) in the same rounds,
-side by side. Prints one JSON object: per-round medians (ms per step), their medians, and
-busy/quiet, for each build.
+so quiet and busy alternate and slow drift in the machine's load hits both. `--against` (may be
+repeated) times other builds of csrc/cpu_kernels.c (same C API, e.g. an earlier commit's) in the
+same rounds, side by side. Prints one JSON object: for each build the per-round medians (ms per
+step), their medians, busy/quiet of those medians, and the median of the per-round busy/quiet
+ratios (paired: each round's quiet and busy runs are seconds apart).
 
-    python benchmarks/busy_step.py MODEL_DIR [--rounds 8] [--steps 48] [--rows 1] [--against OTHER.so]
+    python benchmarks/busy_step.py MODEL_DIR [--rounds 8] [--steps 48] [--rows 1] [--against OTHER.so ...]
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--rows", type=int, default=1, help="rows per step (1: greedy; 5: beam search)")
-    parser.add_argument("--against", default=None, help="another build of the kernels (.so) to time alongside")
+    parser.add_argument("--against", action="append", default=[], help="another build of the kernels (.so) to "
+                        "time alongside (repeatable)")
     parser.add_argument("--busy-cpu", type=int, default=None, help="the CPU the busy process holds "
                         "(default: the first of this process's)")
     args = parser.parse_args()
@@ -96,8 +98,8 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     busy_cpu = cpus[0] if args.busy_cpu is None else args.busy_cpu
     builds = {"this": None}
-    if args.against:
-        builds[args.against] = other_build(args.against)
+    for path in args.against:
+        builds[path] = other_build(path)
     for lib in builds.values():
         step_times(kernel, features, args.rows, 4, lib)  # warm up: pages, threads, caches
 
@@ -123,6 +125,7 @@ def main() -> None:
             "quiet_ms": [round(x * 1e3, 3) for x in quiet[name]], "busy_ms": [round(x * 1e3, 3) for x in busy[name]],
             "quiet_median_ms": round(q * 1e3, 3), "busy_median_ms": round(b * 1e3, 3),
             "busy_over_quiet": round(b / q, 3),
+            "busy_over_quiet_paired": round(statistics.median(y / x for x, y in zip(quiet[name], busy[name])), 3),
         }
     print(json.dumps({
         "model": str(args.model), "rows": args.rows, "steps": args.steps, "rounds": args.rounds,

@@ -372,6 +372,7 @@ typedef struct {
     int count, sense; /* barrier: threads arrived, and the phase's parity */
     int go;           /* set once every thread is started and n_threads is final */
     int sleepers;     /* threads asleep (or about to be) on sense or go */
+    int work;         /* the current phase's next work item, reset at each barrier */
 } step_job;
 
 /* ---- waiting: spin briefly, then sleep on a futex ---------------------------------------- */
@@ -437,11 +438,12 @@ static void publish(int *word, int value, int *sleepers) {
 }
 
 /* All threads wait here until every one has arrived (sense-reversing barrier; waiting as
- * wait_for: a short spin, then a futex). */
+ * wait_for: a short spin, then a futex); the last to arrive starts the next phase's work items. */
 static void barrier(step_job *job, int *local_sense) {
     int sense = *local_sense = !*local_sense;
     if (__atomic_add_fetch(&job->count, 1, __ATOMIC_ACQ_REL) == job->n_threads) {
         __atomic_store_n(&job->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&job->work, 0, __ATOMIC_RELAXED); /* every thread is here: none takes items now */
         publish(&job->sense, sense, &job->sleepers);
         return;
     }
@@ -531,16 +533,21 @@ static void head_attention(const float *q, int ldq, const float *k, int ldk, int
 
 #define W(i) ((const uint16_t *)p[i]) /* a float16 weight matrix of the layer */
 
+#ifndef WM_CHUNKS
+#define WM_CHUNKS 4 /* work items per thread in a phase: a thread slowed down (its core shared) takes fewer */
+#endif
+
+/* The next work item of the current phase (items are taken, not assigned: see barrier). */
+static inline int take(step_job *job) { return __atomic_fetch_add(&job->work, 1, __ATOMIC_RELAXED); }
+
 static void step_thread(step_job *job, int k) {
     const int c = job->c, d = job->d, n = job->n, t = job->t, nt = job->n_threads, s_a = job->s_a;
-    const int h_items = job->batch * job->n_head;
+    const int h_items = job->batch * job->n_head, parts = nt * WM_CHUNKS;
     float *w = job->scratch + job->scratch_floats * k;
     float *sums = w + (size_t)t * (s_a > job->end ? s_a : job->end);
-    float *h = sums + t; /* this thread's normed copy of x (n x c) */
+    float *h = sums + t; /* this thread's normed copy of x (n x c), made when it takes its first item */
     float *tmp = h + (size_t)job->hrows * c; /* float32 slices of weights, for many rows */
-    int sense = 0, j0, j1, m0, m1, v0, v1;
-    slice(c, nt, k, &j0, &j1);
-    slice(4 * c, nt, k, &m0, &m1);
+    int sense = 0, item, j0, j1, normed;
     const float *const *dp = job->params + (size_t)job->n_layer * L_PARAMS;
     /* token + positional embedding, rows split by thread */
     for (int i = k; i < n; i += nt) {
@@ -549,32 +556,43 @@ static void step_thread(step_job *job, int k) {
         for (int j = 0; j < c; j++) job->x[(size_t)i * c + j] = half_to_float(e[j]) + pos[j];
     }
     barrier(job, &sense);
+    /* Each phase below is a list of items (slices of a product's output columns, or (row, head)
+     * attention pairs) that the threads take until none is left, then a barrier. */
     for (int l = 0; l < job->n_layer; l++) {
         const float *const *p = job->params + (size_t)l * L_PARAMS;
         float *const *cache = job->caches + (size_t)l * C_CACHES;
         /* self-attention: q, and this step's keys/values written into the cache */
-        layer_norm(job->x, n, c, p[L_ATTN_LN_W], p[L_ATTN_LN_B], h);
-        linear_cols(h, n, c, W(L_Q_W), p[L_Q_B], c, job->q, 0, j0, j1, tmp);
-        for (int b = 0; b < job->batch; b++) {
-            size_t at = ((size_t)b * job->n_ctx + job->offset) * c;
-            linear_cols(h + (size_t)b * t * c, t, c, W(L_K_W), NULL, c, cache[C_SELF_K] + at, 0, j0, j1, tmp);
-            linear_cols(h + (size_t)b * t * c, t, c, W(L_V_W), p[L_V_B], c, cache[C_SELF_V] + at, 0, j0, j1, tmp);
+        for (normed = 0; (item = take(job)) < parts;) {
+            if (!normed++) layer_norm(job->x, n, c, p[L_ATTN_LN_W], p[L_ATTN_LN_B], h);
+            slice(c, parts, item, &j0, &j1);
+            linear_cols(h, n, c, W(L_Q_W), p[L_Q_B], c, job->q, 0, j0, j1, tmp);
+            for (int b = 0; b < job->batch; b++) {
+                size_t at = ((size_t)b * job->n_ctx + job->offset) * c;
+                linear_cols(h + (size_t)b * t * c, t, c, W(L_K_W), NULL, c, cache[C_SELF_K] + at, 0, j0, j1, tmp);
+                linear_cols(h + (size_t)b * t * c, t, c, W(L_V_W), p[L_V_B], c, cache[C_SELF_V] + at, 0, j0, j1, tmp);
+            }
         }
         barrier(job, &sense);
-        for (int item = k; item < h_items; item += nt) {
+        while ((item = take(job)) < h_items) {
             int b = item / job->n_head, hd = item % job->n_head;
             size_t row = (size_t)b * t * c + hd * d, base = (size_t)b * job->n_ctx * c + hd * d;
             head_attention(job->q + row, c, cache[C_SELF_K] + base, c, 0, cache[C_SELF_V] + base, c, job->o + row,
                            c, t, job->end, d, job->alpha, job->offset + 1, w, sums);
         }
         barrier(job, &sense);
-        linear_cols(job->o, n, c, W(L_OUT_W), p[L_OUT_B], c, job->x, 1, j0, j1, tmp);
+        while ((item = take(job)) < parts) {
+            slice(c, parts, item, &j0, &j1);
+            linear_cols(job->o, n, c, W(L_OUT_W), p[L_OUT_B], c, job->x, 1, j0, j1, tmp);
+        }
         barrier(job, &sense);
-        /* cross-attention over the window's audio features */
-        layer_norm(job->x, n, c, p[L_CROSS_LN_W], p[L_CROSS_LN_B], h);
-        linear_cols(h, n, c, W(L_CQ_W), p[L_CQ_B], c, job->q, 0, j0, j1, tmp);
+        /* cross-attention over each row's window's audio features */
+        for (normed = 0; (item = take(job)) < parts;) {
+            if (!normed++) layer_norm(job->x, n, c, p[L_CROSS_LN_W], p[L_CROSS_LN_B], h);
+            slice(c, parts, item, &j0, &j1);
+            linear_cols(h, n, c, W(L_CQ_W), p[L_CQ_B], c, job->q, 0, j0, j1, tmp);
+        }
         barrier(job, &sense);
-        for (int item = k; item < h_items; item += nt) {
+        while ((item = take(job)) < h_items) {
             int b = item / job->n_head, hd = item % job->n_head;
             size_t row = (size_t)b * t * c + hd * d,
                    at = (size_t)job->cross_index[b] * job->cross_stride + (size_t)hd * d * s_a;
@@ -582,24 +600,36 @@ static void step_thread(step_job *job, int k) {
                            c, t, s_a, d, job->alpha, -1, w, sums);
         }
         barrier(job, &sense);
-        linear_cols(job->o, n, c, W(L_COUT_W), p[L_COUT_B], c, job->x, 1, j0, j1, tmp);
+        while ((item = take(job)) < parts) {
+            slice(c, parts, item, &j0, &j1);
+            linear_cols(job->o, n, c, W(L_COUT_W), p[L_COUT_B], c, job->x, 1, j0, j1, tmp);
+        }
         barrier(job, &sense);
-        /* MLP: this thread's slice of the hidden units, then of the output */
-        layer_norm(job->x, n, c, p[L_MLP_LN_W], p[L_MLP_LN_B], h);
-        linear_cols(h, n, c, W(L_FC1_W), p[L_FC1_B], 4 * c, job->mlp, 0, m0, m1, tmp);
-        for (int i = 0; i < n; i++) wm_gelu(job->mlp + (size_t)i * 4 * c + m0, m1 - m0);
+        /* MLP: slices of the hidden units, then of the output */
+        for (normed = 0; (item = take(job)) < parts;) {
+            if (!normed++) layer_norm(job->x, n, c, p[L_MLP_LN_W], p[L_MLP_LN_B], h);
+            slice(4 * c, parts, item, &j0, &j1);
+            linear_cols(h, n, c, W(L_FC1_W), p[L_FC1_B], 4 * c, job->mlp, 0, j0, j1, tmp);
+            for (int i = 0; i < n; i++) wm_gelu(job->mlp + (size_t)i * 4 * c + j0, j1 - j0);
+        }
         barrier(job, &sense);
-        linear_cols(job->mlp, n, 4 * c, W(L_FC2_W), p[L_FC2_B], c, job->x, 1, j0, j1, tmp);
+        while ((item = take(job)) < parts) {
+            slice(c, parts, item, &j0, &j1);
+            linear_cols(job->mlp, n, 4 * c, W(L_FC2_W), p[L_FC2_B], c, job->x, 1, j0, j1, tmp);
+        }
         barrier(job, &sense);
     }
-    /* final norm of the wanted rows, then their logits over this thread's slice of the vocabulary */
-    for (int b = 0; b < job->batch; b++)
-        for (int r = 0; r < job->n_rows; r++)
-            layer_norm(job->x + ((size_t)b * t + job->rows[r]) * c, 1, c, dp[D_LN_W], dp[D_LN_B],
-                       h + ((size_t)b * job->n_rows + r) * c);
-    slice(job->n_vocab, nt, k, &v0, &v1);
+    /* final norm of the wanted rows, then their logits over slices of the vocabulary */
     dot_job logits = {h, (const uint16_t *)dp[D_EMB16], job->logits, NULL, job->batch * job->n_rows, c, job->n_vocab, 0};
-    dots(&logits, v0, v1);
+    for (normed = 0; (item = take(job)) < 2 * parts;) {
+        if (!normed++)
+            for (int b = 0; b < job->batch; b++)
+                for (int r = 0; r < job->n_rows; r++)
+                    layer_norm(job->x + ((size_t)b * t + job->rows[r]) * c, 1, c, dp[D_LN_W], dp[D_LN_B],
+                               h + ((size_t)b * job->n_rows + r) * c);
+        slice(job->n_vocab, 2 * parts, item, &j0, &j1);
+        dots(&logits, j0, j1);
+    }
 }
 
 /* Start threads 1..n-1 on fn, thread i with args[i] = {job, i}; stops at the first that cannot
@@ -625,8 +655,9 @@ static void *step_worker(void *arg) {
  * embedding, every decoder layer (self-attention appending to the kv_cache, cross-attention over
  * the window cross_index[b] of sequence b, MLP), final norm and logits for the rows listed in
  * `rows` (indices into the t new tokens), written to logits (batch, n_rows, n_vocab). Threads
- * split every product by output columns and the attention by heads, meeting at a barrier between
- * dependent phases; the BLAS runs on one thread meanwhile. Returns 0, -1 out of memory, -2 past
+ * take slices of every product's output columns and the attention's (row, head) pairs as they go
+ * (a thread slowed down by another process takes fewer), meeting at a barrier between dependent
+ * phases; the BLAS runs on one thread meanwhile. Returns 0, -1 out of memory, -2 past
  * n_ctx. */
 int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
                      int n_ctx, int n_audio_ctx, long cross_stride, const int32_t *cross_index, int n_vocab,
