@@ -14,7 +14,7 @@ same rounds, side by side. Prints one JSON object: for each build the per-round 
 step), their medians, busy/quiet of those medians, and the median of the per-round busy/quiet
 ratios (paired: each round's quiet and busy runs are seconds apart).
 
-    python benchmarks/busy_step.py MODEL_DIR [--rounds 8] [--steps 48] [--rows 1] [--against OTHER.so ...]
+    python -m benchmarks.busy_step MODEL_DIR [--rounds 8] [--steps 48] [--rows 1] [--against OTHER.so ...]
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ from whisper_mlx.backends import backend_for
 
 def other_build(path: str) -> ctypes.CDLL:
     """Another build of the kernels, bound to the same BLAS, with this build's argument types."""
-    lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    except OSError as e:
+        sys.exit(f"--against {path}: cannot load it ({e})")
     lib.wm_bind_blas.argtypes = [ctypes.c_char_p]
     if lib.wm_bind_blas(runtime.BLAS.encode()) != 0:
         sys.exit(f"{path}: could not bind it to {runtime.BLAS}")
@@ -88,7 +91,10 @@ def main() -> None:
     if not 1 <= args.rounds <= 100 or not 1 <= args.steps <= 400 or not 1 <= args.rows <= 64:
         parser.error("--rounds must be in [1, 100], --steps in [1, 400], --rows in [1, 64]")
 
-    model = whisper_mlx.load_model(args.model, backend="cpu")
+    try:
+        model = whisper_mlx.load_model(args.model, backend="cpu")
+    except (ValueError, OSError) as e:  # ModelLoadError is a ValueError
+        sys.exit(f"busy_step: {e}")
     backend = backend_for(model)
     if backend.name != "cpu":
         sys.exit(f"{args.model}: the cpu backend cannot run this model here (got {backend.name})")
