@@ -22,11 +22,9 @@ import glob
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -342,7 +340,6 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
         return 1
     device = args["device"] or ("gpu" if mx.is_available(mx.gpu) else "cpu")
     gpu = device == "gpu"
-    signal.signal(signal.SIGTERM, _interrupt)
 
     cpus = args["cpus"] or os.cpu_count() or 1
     # two notices that are not about this run: Ray's advice to opt out of token authentication (kept
@@ -354,6 +351,9 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
     else:
         ray.init(address=args["address"], log_to_driver=False, logging_level=logging.WARNING)
     try:
+        # after ray.init, which installs a handler that aborts the process: SIGTERM ends the run as
+        # Ctrl-C does (Ray Data stops its executor, the local cluster is shut down, exit 130)
+        signal.signal(signal.SIGTERM, _interrupt)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.enable_operator_progress_bars = False
@@ -371,63 +371,85 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
 
 
 def _write(ds, todo: list[str], output: Output, subtitles: Subtitles, skipped: int) -> int:
-    """Run the dataset into Ray's writer in a thread; show progress and write subtitles from the
+    """Run the dataset into Ray's writer (in this thread, so that Ctrl-C or SIGTERM stops Ray
+    Data's executor cleanly) while a watcher thread shows progress and writes subtitles from the
     rows as their files appear."""
-    import tqdm
-
-    outcome: dict = {}
-
-    def write() -> None:
-        try:
-            # writing is I/O: it asks for no CPU, so it never waits behind the workers holding them
-            writer = ds.write_parquet if output.format == "parquet" else ds.write_json
-            extra = {} if output.format == "parquet" else {"force_ascii": False, "double_precision": 15}
-            writer(str(output.dir), ray_remote_args={"num_cpus": 0}, **extra)
-        except BaseException as e:  # reported by the main thread
-            outcome["error"] = e
-
-    wanted = set(todo)
-    hours_total = sum(_duration(p) for p in todo) / 3600
-    files = tqdm.tqdm(total=len(todo), unit="file", desc="files", disable=None, position=0)
-    hours = tqdm.tqdm(total=round(hours_total, 3), unit="h", desc="audio", disable=None, position=1,
-                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}]")
-    thread = threading.Thread(target=write, name="ray-data-write", daemon=True)
-    thread.start()
-    transcribed = failed = 0
-    seconds = 0.0
+    watcher = _Watcher(todo, output, subtitles)
+    watcher.start()
     try:
-        while True:
-            finished = not thread.is_alive()
-            rows, broken = output.new_rows(final=finished)
-            for row in rows:
-                if row.get("path") not in wanted:
-                    continue
-                subtitles.write(row)
-                seconds += row.get("duration") or 0.0
-                if row.get("error") is not None:
-                    failed += 1
-                    tqdm.tqdm.write(f"{PROG}: error: {row['error']}", file=sys.stderr)
-                else:
-                    transcribed += 1
-                files.update(1)
-                hours.update(round((row.get("duration") or 0.0) / 3600, 6))
-            if finished:
-                break
-            thread.join(timeout=1.0)
-    finally:
-        files.close()
-        hours.close()
-    if "error" in outcome:
+        # writing is I/O: it asks for no CPU, so it never waits behind the workers holding them
+        if output.format == "parquet":
+            ds.write_parquet(str(output.dir), ray_remote_args={"num_cpus": 0})
+        else:
+            ds.write_json(str(output.dir), ray_remote_args={"num_cpus": 0}, force_ascii=False, double_precision=15)
+    except Exception as e:
+        watcher.finish()
         from .ray import error_line
 
-        _say(f"error: {error_line('ray', outcome['error'])}")
+        _say(f"error: {error_line('ray', e)}")
         return 1
+    except BaseException:
+        watcher.finish(final=False)
+        raise
+    broken = watcher.finish()
     if broken:
         _say(f"error: {len(broken)} output file(s) cannot be read: {', '.join(map(str, broken))}")
         return 1
-    _say(f"{transcribed} transcribed ({seconds / 3600:.3f} h of audio), {failed} failed, {skipped} skipped; "
-         f"rows in {output.dir}")
-    return 1 if failed else 0
+    _say(f"{watcher.transcribed} transcribed ({watcher.seconds / 3600:.3f} h of audio), {watcher.failed} failed, "
+         f"{skipped} skipped; rows in {output.dir}")
+    return 1 if watcher.failed else 0
+
+
+class _Watcher(threading.Thread):
+    """Polls DIR for this run's rows: progress bars (files, hours of audio), error lines, subtitles."""
+
+    def __init__(self, todo: list[str], output: Output, subtitles: Subtitles):
+        super().__init__(name="whisper-mlx-corpus-progress", daemon=True)
+        import tqdm
+
+        self.output, self.subtitles, self.wanted = output, subtitles, set(todo)
+        self.transcribed = self.failed = 0
+        self.seconds = 0.0
+        self.broken: list[Path] = []
+        self._halt = threading.Event()
+        hours_total = sum(_duration(p) for p in todo) / 3600
+        self.files = tqdm.tqdm(total=len(todo), unit="file", desc="files", disable=None, position=0)
+        self.hours = tqdm.tqdm(total=round(hours_total, 3), desc="audio", disable=None, position=1,
+                               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}]")
+
+    def run(self) -> None:
+        while not self._halt.wait(0.5):
+            self._scan(final=False)
+
+    def finish(self, final: bool = True) -> list[Path]:
+        """Stop polling; read what is left (final: every file must be readable now); close the bars."""
+        self._halt.set()
+        self.join()
+        try:
+            if final:
+                self._scan(final=True)
+        finally:
+            self.files.close()
+            self.hours.close()
+        return self.broken
+
+    def _scan(self, final: bool) -> None:
+        import tqdm
+
+        rows, self.broken = self.output.new_rows(final=final)
+        for row in rows:
+            if row.get("path") not in self.wanted:
+                continue
+            self.subtitles.write(row)
+            duration = row.get("duration") or 0.0
+            self.seconds += duration
+            if row.get("error") is not None:
+                self.failed += 1
+                tqdm.tqdm.write(f"{PROG}: error: {row['error']}", file=sys.stderr)
+            else:
+                self.transcribed += 1
+            self.files.update(1)
+            self.hours.update(round(duration / 3600, 6))
 
 
 def _object_store_bytes() -> int:
