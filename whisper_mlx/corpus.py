@@ -155,8 +155,8 @@ def _duration(path: str) -> float:
 class Output:
     """The rows in DIR: which inputs are done, and the new ones as Ray writes them."""
 
-    def __init__(self, directory: Path, fmt: str | None):
-        self.dir = directory
+    def __init__(self, directory: Path, fmt: str | None, columns: Sequence[str] | None = None):
+        self.dir, self.columns = directory, None if columns is None else list(columns)
         present = {name for name, ext in FORMATS.items() if any(directory.glob(f"*{ext}"))}
         if len(present) > 1:
             raise UsageError(f"{directory}: holds both Parquet and JSON rows; use one directory per format")
@@ -174,7 +174,7 @@ class Output:
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(path, columns=self.columns).to_pylist()
         with open(path, encoding="utf-8") as f:
             text = f.read()
         if text and not text.endswith("\n"):
@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"{out_dir}: exists and is not a directory")
         out_dir.mkdir(parents=True, exist_ok=True)
-        output = Output(out_dir, args["format"])
+        # the rows' results are read back only to write subtitles from them
+        output = Output(out_dir, args["format"], columns=None if args["subtitles"] else ("path", "duration", "error"))
     except (UsageError, OSError) as e:
         _say(f"error: {e}")
         return 2
@@ -326,7 +327,7 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
         return 2
     import mlx.core as mx
 
-    from .load import ModelLoadError, resolve
+    from .load import ModelLoadError, read_config, resolve
     from .ray import Transcriber, ray_remote_args
 
     model = args["model"]
@@ -335,11 +336,13 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
             model = str(resolve(model).resolve())  # fetched once here, not by every worker
         elif Path(model).expanduser().is_dir():
             model = str(Path(model).expanduser().resolve())
+        if Path(model).is_dir():
+            read_config(Path(model))  # a broken directory: one line here, not a failure in every worker
     except ModelLoadError as e:
         _say(f"error: {e}")
         return 1
     device = args["device"] or ("gpu" if mx.is_available(mx.gpu) else "cpu")
-    gpu = device == "gpu"
+    gpu = device == "gpu" and sys.platform != "darwin"  # Metal is no GPU to Ray: see ray_remote_args
 
     cpus = args["cpus"] or os.cpu_count() or 1
     # two notices that are not about this run: Ray's advice to opt out of token authentication (kept
@@ -347,7 +350,8 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if local:
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=_object_store_bytes(), log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=_object_store_bytes(),
+                 log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(address=args["address"], log_to_driver=False, logging_level=logging.WARNING)
     try:
@@ -359,12 +363,20 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
         context.enable_operator_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus_per_worker = args["cpus_per_worker"] or (cpus / args["workers"] if local else 1)
+        need = ray_remote_args(gpu, cpus_per_worker)
+        have = ray.cluster_resources()
+        for resource, flag in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            wanted = need.get(resource, 0) * args["workers"]
+            if wanted > have.get(flag, 0) + 1e-9:  # an actor pool that cannot start would wait forever
+                _say(f"error: {args['workers']} worker(s) need {wanted:g} {flag}s in all; the cluster has "
+                     f"{have.get(flag, 0):g} (--workers, --cpus-per-worker, --device)")
+                return 2
         constructor = dict(model=model, backend=args["backend"], device=device, dtype=args["dtype"],
                            batch_size=args["batch_size"], **_transcribe_options(args))
         ds = ray.data.from_items([{"path": p} for p in todo]).map_batches(
             Transcriber, fn_constructor_kwargs=constructor, batch_size=args["files_per_task"],
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=args["workers"]),
-            **ray_remote_args(gpu, cpus_per_worker))
+            **need)
         return _write(ds, todo, output, subtitles, skipped)
     finally:
         ray.shutdown()

@@ -61,9 +61,10 @@ _WORD_FIELDS = [f.name for f in WORD if f.name != "segment"]
 
 
 def ray_remote_args(gpu: bool, cpus: float = 1) -> dict:
-    """Resources each actor asks for: one GPU when the model runs on one (MLX's CUDA or Metal
-    backend), else `cpus` cores (whisper_mlx's CPU threads follow OMP_NUM_THREADS, which Ray
-    sets to the actor's CPU count)."""
+    """Resources each actor asks for: one GPU (and one CPU) when the model runs on a CUDA GPU,
+    else `cpus` cores (whisper_mlx's CPU threads follow OMP_NUM_THREADS, which Ray sets to the
+    actor's CPU count). Ray counts no GPUs on Apple silicon, where MLX computes on Metal whatever
+    the actor asks for: ask for CPUs there (gpu=False) and the actors still use the GPU."""
     return {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": cpus}
 
 
@@ -91,14 +92,21 @@ class Transcriber:
     def __init__(self, model: str, *, backend: str | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int = 8, bytes_column: str = "bytes",
                  path_column: str = "path", **options: Any):
+        import inspect
+
         from . import runtime
-        from .batched import BatchOptions
+        from .batched import BatchOptions, transcribe_many
         from .decoding import DecodingOptions
         from .load import load_model
 
-        BatchOptions(batch_size=batch_size)  # a bad batch size fails the actor, not every row
-        decoding = {k: v for k, v in options.items() if k in DecodingOptions.__dataclass_fields__}
-        DecodingOptions(**decoding)
+        # bad options fail the actor when it starts, not every row
+        BatchOptions(batch_size=batch_size)
+        known = set(inspect.signature(transcribe_many).parameters) | set(DecodingOptions.__dataclass_fields__)
+        unknown = sorted(set(options) - known - {"inputs", "model", "batch_size"})
+        if unknown:
+            raise TypeError(f"Transcriber: unknown option(s) {', '.join(unknown)} (transcribe_many's keyword "
+                            "arguments and DecodingOptions' fields are accepted)")
+        DecodingOptions(**{k: v for k, v in options.items() if k in DecodingOptions.__dataclass_fields__})
         runtime.set_device(device)
         self.model = load_model(model, dtype=dtype, backend=backend)
         self.batch_size = batch_size
