@@ -241,6 +241,8 @@ def test_transcriber_on_bytes_and_paths(tiny_en_fp32_dir, corpus, reference):
     assert by_path[3]["error"] == rows[3]["error"]
     with pytest.raises(ValueError, match="'bytes'.*'path'"):
         transcriber({"audio": np.array([b""], dtype=object)})
+    with pytest.raises(TypeError, match="unknown option.*beam_sise"):
+        Transcriber(str(tiny_en_fp32_dir), beam_sise=5)
 
 
 def test_bad_usage_is_one_line(tmp_path, tiny_en_fp32_dir):
@@ -258,3 +260,10 @@ def test_bad_usage_is_one_line(tmp_path, tiny_en_fp32_dir):
     assert mixed.returncode == 2
     assert mixed.stderr.strip() == (f"whisper-mlx corpus: error: {tmp_path / 'out'}: holds jsonl rows, not parquet; "
                                     "omit --format to continue them")
+    no_ray = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from whisper_mlx.cli import main; "
+         f"sys.exit(main(['corpus', {str(audio)!r}, '--output', {str(tmp_path / 'rows')!r}]))"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert no_ray.returncode == 2
+    assert no_ray.stderr.strip() == ("whisper-mlx corpus: error: needs the `ray` extra (ray is missing): "
+                                     "pip install 'whisper-mlx[ray]'")
