@@ -10,6 +10,6 @@ committed result tables beside this package.
   step beside a busy process, batched throughput at batch 1-32, `whisper-mlx corpus` on Ray beside
   the batched transcribe in one process (each `python -m benchmarks.NAME`).
 
-The GPU side-by-side (whisper_mlx on CUDA beside openai-whisper on PyTorch CUDA) is still
-`zoo/bench_gpu.py` behind `tools/bench_gpu.py`, until its port to the CUDA backend lands.
+The GPU side-by-side (whisper_mlx's CUDA backend beside openai-whisper on PyTorch CUDA) is still
+`zoo/bench_gpu.py` behind `tools/bench_gpu.py`.
 """

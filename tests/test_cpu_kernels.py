@@ -68,7 +68,7 @@ def test_gelu_matches_erf_gelu():
 
 def test_gelu_constants_are_written_once():
     """The erf approximation's constants live in assets/gelu_coeffs.h alone: the C kernels include
-    it, the CUDA sources call its wm_gelu_one (gpu.py puts its text before theirs)."""
+    it, the CUDA sources call its wm_gelu_one (backends/cuda.py puts its text before theirs)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]

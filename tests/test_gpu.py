@@ -1,6 +1,8 @@
-"""whisper_mlx on MLX's GPU backend (CUDA on Linux): the default device, dtypes kept on load, and
-transcripts with word timestamps that match the CPU fp32 reference on the parity clips.
-Run with `pytest -m gpu`; skipped where this MLX build has no GPU."""
+"""whisper_mlx on MLX's GPU backend (CUDA on Linux) through the CUDA decoding backend: the default
+device and backend, dtypes kept on load, greedy and beam-5 transcripts with word timestamps that
+match the CPU fp32 reference on the parity clips, quantized models, the fused CUDA step against
+the compiled step, and rows decoded together. Run with `pytest -m gpu`; skipped where this MLX
+build has no GPU."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from mlx.utils import tree_flatten
 
 import whisper_mlx
 from conftest import CACHE, _model_dir
-from whisper_mlx import runtime
+from whisper_mlx import decoding, runtime
+from whisper_mlx.backends import backend_for
+from whisper_mlx.backends.cuda import CudaBackend
 from zoo.gates import corpus_wer
 
 pytestmark = [
@@ -25,6 +29,7 @@ pytestmark = [
 ]
 
 OPTIONS = dict(temperature=0.0, word_timestamps=True)
+BEAM = dict(OPTIONS, beam_size=5)
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +43,10 @@ def _words(result: dict) -> list[dict]:
     return [w for s in result["segments"] for w in s["words"]]
 
 
-def _run(device: str, model_dir, paths, dtype=None) -> list[dict]:
+def _run(device: str, model_dir, paths, dtype=None, options=OPTIONS) -> list[dict]:
     runtime.set_device(device)
     model = whisper_mlx.load_model(model_dir, dtype=dtype)
-    return [whisper_mlx.transcribe(str(p), model=model, **OPTIONS) for p in paths]
+    return [whisper_mlx.transcribe(str(p), model=model, **options) for p in paths]
 
 
 @pytest.fixture(scope="module")
@@ -51,50 +56,57 @@ def parity_paths(clips):
     return paths
 
 
-_CPU_REFERENCES: dict[str, list[dict]] = {}
+_CPU_REFERENCES: dict[tuple, list[dict]] = {}
 
 
-def _reference_file(family: str, model_dir: Path, paths) -> tuple[Path, str]:
-    """Where the CPU fp32 reference of `family` is cached, and the key it must carry: a hash of the
-    weights, the clips and the options, so a changed model, clip or option set never reads a stale
-    reference. `scripts/device/cpu_references.py` builds it on a CPU machine for the GPU one."""
-    h = hashlib.sha256(json.dumps(OPTIONS, sort_keys=True).encode())
+def _reference_file(family: str, model_dir: Path, paths, options: dict = OPTIONS) -> tuple[Path, str]:
+    """Where the CPU fp32 reference of `family` under `options` is cached, and the key it must
+    carry: a hash of the weights, the clips and the options, so a changed model, clip or option set
+    never reads a stale reference. `scripts/device/cpu_references.py` builds it on a CPU machine
+    for the GPU one."""
+    h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for f in sorted(model_dir.glob("*.safetensors")) + [Path(p) for p in paths]:
         h.update(f.name.encode() if f.suffix == ".safetensors" else b"")
         h.update(hashlib.sha256(f.read_bytes()).digest())
-    return CACHE / "references" / f"{family}-cpu-fp32.json", h.hexdigest()
+    suffix = f"-beam{options['beam_size']}" if options.get("beam_size") else ""
+    return CACHE / "references" / f"{family}-cpu-fp32{suffix}.json", h.hexdigest()
 
 
-def _cpu_fp32(family: str, paths) -> list[dict]:
+def _cpu_fp32(family: str, paths, options: dict = OPTIONS) -> list[dict]:
     """CPU fp32 transcripts of `paths` (the reference the GPU must match), computed once and cached
     on disk (a full CPU run of both families does not fit one GPU-machine call)."""
-    if family not in _CPU_REFERENCES:
+    name = (family, json.dumps(options, sort_keys=True))
+    if name not in _CPU_REFERENCES:
         model_dir = _model_dir(family, "float32")
-        path, key = _reference_file(family, model_dir, paths)
+        path, key = _reference_file(family, model_dir, paths, options)
         if path.is_file() and (stored := json.loads(path.read_text())).get("key") == key:
-            _CPU_REFERENCES[family] = stored["results"]
+            _CPU_REFERENCES[name] = stored["results"]
         else:
             before = mx.default_device()
             try:
-                results = _run("cpu", model_dir, paths)
+                results = _run("cpu", model_dir, paths, options=options)
             finally:
                 mx.set_default_device(before)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"key": key, "mlx": mx.__version__, "results": results}))
-            _CPU_REFERENCES[family] = json.loads(path.read_text())["results"]
-    return _CPU_REFERENCES[family]
+            _CPU_REFERENCES[name] = json.loads(path.read_text())["results"]
+    return _CPU_REFERENCES[name]
 
 
 @pytest.fixture(scope="module", params=["tiny.en", "base"])
-def cpu_reference(request, parity_paths):
-    return request.param, _cpu_fp32(request.param, parity_paths)
+def family(request):
+    return request.param
 
 
-def test_gpu_is_the_default_and_reported():
+def test_gpu_and_the_cuda_backend_are_the_default_and_reported(tiny_en_fp16_dir):
     assert runtime.set_device(None) == "gpu"
     assert not runtime.on_cpu()
     info = runtime.report()
     assert info["device"] == "gpu" and info["gpu_available"] is True
+    assert info["backend"].startswith("cuda ("), info["backend"]
+    assert backend_for(whisper_mlx.load_model(tiny_en_fp16_dir)).name == "cuda"
+    runtime.set_device("cpu")
+    assert CudaBackend.supports(None) == "MLX computes on the CPU"
 
 
 def test_gpu_keeps_stored_dtype_and_quantized_layers():
@@ -104,6 +116,8 @@ def test_gpu_keeps_stored_dtype_and_quantized_layers():
     assert {p.dtype for _, p in tree_flatten(gpu16.parameters())} == {mx.float16}
     gpu_q = whisper_mlx.load_model(q4_dir)
     assert any(isinstance(m, nn.QuantizedLinear) for _, m in gpu_q.named_modules())
+    backend = backend_for(gpu_q)
+    assert backend.name == "cuda" and backend.fused_step(gpu_q.dims.n_audio_ctx) is None  # float weights only
     runtime.set_device("cpu")
     cpu_q = whisper_mlx.load_model(q4_dir)
     assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in cpu_q.named_modules())
@@ -135,7 +149,7 @@ def _reference_margin(family: str, path, seek: int, before: list[int], prefix: l
     """|log p(a) - log p(b)| of the CPU fp32 model at that decision (same window, prompt and
     prefix): how close the reference itself was to picking the other token."""
     from whisper_mlx.audio import N_FRAMES, load_mel, pad_or_trim
-    from whisper_mlx.decoding import Inference, log_softmax
+    from whisper_mlx.logit_rules import log_softmax
     from whisper_mlx.tokenizer import get_tokenizer
 
     runtime.set_device("cpu")
@@ -146,7 +160,10 @@ def _reference_margin(family: str, path, seek: int, before: list[int], prefix: l
     tok = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language="en")
     prompt = [tok.sot_prev] + before[-(model.dims.n_text_ctx // 2 - 1):] if before else []
     tokens = np.array([prompt + list(tok.sot_sequence) + prefix])
-    logprobs = log_softmax(Inference(model, model.embed_audio(segment[None])).logits(tokens)[0, -1])
+    backend = backend_for(model)
+    session = backend.session(backend.encode(segment[None]), 1)
+    session.prefill(tokens, len(prompt))
+    logprobs = log_softmax(session.pending_logits())[0]
     return abs(float(logprobs[a] - logprobs[b]))
 
 
@@ -156,19 +173,24 @@ alone carries ~1e-3 relative error in float16; logits near 20 round to 0.016 ste
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_gpu_transcripts_match_cpu_fp32(cpu_reference, parity_paths, dtype):
-    """Same text and words as the CPU fp32 reference; word times within 20 ms on average
-    (fp16 rounds differently, so its words may shift by a frame). In float16 a transcript may
-    differ only where the fp32 reference itself nearly tied: its first differing token must be
-    within NEAR_TIE of the reference's choice under the CPU fp32 model (base on en_long_story
-    picks " The" over " Last" at a 0.004 margin), and only at one clip."""
-    family, reference = cpu_reference
-    ours = _run("gpu", _model_dir(family, dtype), parity_paths)
+@pytest.mark.parametrize("options", [OPTIONS, BEAM], ids=["greedy", "beam5"])
+def test_gpu_transcripts_match_cpu_fp32(family, parity_paths, dtype, options):
+    """Same text and words as the CPU fp32 reference (greedy, or beam search with 5 beams: rows
+    decoded together, top-k and row reordering on the device); word times within 20 ms on average
+    (fp16 rounds differently, so its words may shift by a frame). A transcript may differ only
+    where the fp32 reference itself nearly tied, and only at one clip: its first differing token
+    must be within NEAR_TIE of the reference's choice under the CPU fp32 model (base on
+    en_long_story picks " The" over " Last" at a 0.004 margin). That holds for float16, and for
+    beam search in float32 too, whose products over several rows run in TF32 (MLX's default on
+    the GPU; one row runs in full float32)."""
+    reference = _cpu_fp32(family, parity_paths, options)
+    ours = _run("gpu", _model_dir(family, dtype), parity_paths, options=options)
+    exact = dtype == "float32" and "beam_size" not in options
     diffs, near_ties = [], []
     for path, ref, got in zip(parity_paths, reference, ours):
         if got["text"] != ref["text"]:
             divergence = _first_divergence(ref, got)
-            assert dtype == "float16" and divergence is not None, f"{family} {dtype} {path.name}"
+            assert not exact and divergence is not None, f"{family} {dtype} {path.name}"
             margin = _reference_margin(family, path, *divergence)
             assert margin < NEAR_TIE, f"{family} {dtype} {path.name}: reference margin {margin:.4f}"
             near_ties.append(path.name)
@@ -183,8 +205,9 @@ def test_gpu_transcripts_match_cpu_fp32(cpu_reference, parity_paths, dtype):
 
 @pytest.mark.parametrize("q_bits", [8, 4])
 def test_quantized_on_gpu_close_to_reference(clips, parity_paths, q_bits):
-    """Quantized layers computed on the GPU: near the CPU fp32 transcript of the same model,
-    and near the text the clips were synthesized from."""
+    """Quantized layers computed on the GPU (the compiled step: the fused kernel takes float
+    weights): near the CPU fp32 transcript of the same model, and near the text the clips were
+    synthesized from."""
     truth = {c.path: c.text for c in clips.values() if c.split == "parity"}
     reference = _cpu_fp32("tiny.en", parity_paths)
     ours = _run("gpu", _model_dir("tiny.en", "float16", q_bits=q_bits), parity_paths)
@@ -192,3 +215,69 @@ def test_quantized_on_gpu_close_to_reference(clips, parity_paths, q_bits):
     to_truth = corpus_wer([(truth[p], o["text"]) for p, o in zip(parity_paths, ours)])
     assert to_ref <= (2.0 if q_bits == 8 else 10.0), f"{q_bits}-bit: WER {to_ref:.1f}% against CPU fp32"
     assert to_truth <= 15.0, f"{q_bits}-bit: WER {to_truth:.1f}% against the synthesized text"
+
+
+def _windows(model, paths) -> mx.array:
+    """The first 30 s of each clip as log-mel windows (B, N_FRAMES, n_mels)."""
+    from whisper_mlx.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+
+    return mx.stack([pad_or_trim(log_mel_spectrogram(load_audio(str(p)), model.dims.n_mels), N_FRAMES, axis=0)
+                     for p in paths])
+
+
+def test_fused_step_matches_compiled_step(family, parity_paths, monkeypatch):
+    """Greedy decoding of each clip's first window with the fused CUDA step (one kernel per token)
+    and with the compiled MLX step (WHISPER_MLX_FUSED_STEP=0), real fp32 weights: same tokens,
+    log-probability sums within 1e-3 (the kernel adds in another order)."""
+    runtime.set_device("gpu")
+    model = whisper_mlx.load_model(_model_dir(family, "float32"))
+    backend = backend_for(model)
+    assert backend.fused_step(model.dims.n_audio_ctx) is not None
+    options = decoding.DecodingOptions(language="en", temperature=0.0)
+    features = backend.encode(_windows(model, parity_paths))
+    fused = [decoding.decode(model, f, options) for f in features]
+    monkeypatch.setenv("WHISPER_MLX_FUSED_STEP", "0")
+    assert backend.fused_step(model.dims.n_audio_ctx) is None
+    compiled = [decoding.decode(model, f, options) for f in features]
+    assert not backend.fused_off  # the kernel ran (no fallback)
+    for path, a, b in zip(parity_paths, fused, compiled):
+        assert a.tokens == b.tokens, path.name
+        assert abs(a.avg_logprob - b.avg_logprob) * (len(a.tokens) + 1) < 1e-3, path.name
+        assert abs(a.no_speech_prob - b.no_speech_prob) < 1e-4, path.name
+
+
+def test_rows_decoded_together_match_the_host_loop(parity_paths):
+    """Several windows' greedy decoding at once (the pipelined loop, filter state on the device,
+    finished rows emitting end-of-text) against the same picks made one step at a time from the
+    host's token history (`pick` with `LogitRules.state`, then `feed`): same tokens, log-probability
+    sums within 1e-4."""
+    from whisper_mlx.tokenizer import get_tokenizer
+
+    runtime.set_device("gpu")
+    model = whisper_mlx.load_model(_model_dir("tiny.en", "float16"))
+    backend = backend_for(model)
+    tokenizer = get_tokenizer(False, language="en")
+    options = decoding.DecodingOptions(language="en", temperature=0.0)
+    n_ctx, sample_len = model.dims.n_text_ctx, model.dims.n_text_ctx // 2
+    initial = decoding._initial_tokens(tokenizer, options, n_ctx, sample_len)
+    rules = decoding.logit_rules(tokenizer, options, len(initial), model.dims.n_vocab, model.dims.n_audio_ctx)
+    features = backend.encode(_windows(model, parity_paths[:4]))
+    prompts = np.array([initial] * len(features))
+
+    session = backend.session(features, len(features))
+    session.prefill(prompts, 0)
+    tokens, sums = session.greedy(rules, prompts, sample_len, n_ctx)
+
+    session = backend.session(features, len(features))
+    session.prefill(prompts, 0)
+    history, want_sums = prompts, np.zeros(len(features))
+    for _ in range(tokens.shape[1]):
+        picked, logprobs = session.pick(rules, rules.state(history), 1)
+        done = history[:, -1] == tokenizer.eot
+        picked, logprobs = np.where(done, tokenizer.eot, picked[:, 0]), np.where(done, 0.0, logprobs[:, 0])
+        want_sums += logprobs
+        history = np.concatenate([history, picked[:, None]], axis=1)
+        session.feed(picked)
+    np.testing.assert_array_equal(tokens, history[:, len(initial):])
+    np.testing.assert_allclose(sums, want_sums, rtol=0, atol=1e-4)
+    assert (tokens[:, -1] == tokenizer.eot).all() and len(set((tokens == tokenizer.eot).argmax(axis=1))) > 1

@@ -1,7 +1,7 @@
 """Benchmark whisper_mlx (MLX CUDA) against openai-whisper (PyTorch CUDA) side by side, fp16.
 
   python tools/bench_gpu.py --shapes large-v3 large-v3-turbo --real tiny.en=DIR,PT base=DIR,PT \
-      --clips CLIPS_DIR --out benchmarks/gpu-h100.json
+      --clips CLIPS_DIR --beam 5 --out benchmarks/gpu-h200.json
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", nargs="*", default=[], metavar="FAMILY=MODEL_DIR,PT",
                    help="real-weight end-to-end runs: whisper_mlx fp16 dir and the openai .pt")
     p.add_argument("--clips", type=Path, help="folder of 16 kHz WAV clips for --real")
+    p.add_argument("--beam", type=int, nargs="*", default=[], metavar="N",
+                   help="also transcribe the --real clips with beam search of N beams")
     p.add_argument("--no-torch", action="store_true", help="whisper_mlx only")
     p.add_argument("--out", type=Path, help="write the results as JSON here and a Markdown table beside it")
     args = p.parse_args(argv)
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             for words in (False, True):
                 bench_gpu.bench_transcribe(report, family, Path(model_dir), Path(pt), audio,
                                            word_timestamps=words, with_torch=with_torch)
+            for beam in args.beam:
+                bench_gpu.bench_transcribe(report, family, Path(model_dir), Path(pt), audio,
+                                           with_torch=with_torch, beam_size=beam)
 
     table = bench_gpu.table(report)
     print("\n" + table)

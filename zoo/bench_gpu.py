@@ -1,8 +1,9 @@
 """Side-by-side GPU benchmark: whisper_mlx on MLX's CUDA backend against openai-whisper on PyTorch
 CUDA, both fp16, in one process on one GPU (issue 7). Also runs on the CPU, slowly, to check itself.
 
-Every MLX timing goes through the runtime's own code (encoder, `decoding.Inference`, `transcribe`);
-PyTorch runs openai-whisper's model and its kv-cache hooks the way its decoder loop does.
+Every MLX timing goes through the runtime's own code (the model's decoding backend, the MLX-graph
+backend for comparison, `transcribe`); PyTorch runs openai-whisper's model and its kv-cache hooks
+the way its decoder loop does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from whisper_mlx import runtime  # noqa: F401  (before mlx.core)
 import mlx.core as mx
 import numpy as np
 
-from whisper_mlx.decoding import Inference
+from whisper_mlx.backends import backend_for
+from whisper_mlx.backends.mlx import MlxBackend
+from whisper_mlx.logit_rules import LogitRules
 from whisper_mlx.model import ModelDimensions, Whisper
 
 
@@ -143,37 +146,45 @@ def random_torch_model(dims: ModelDimensions, seed: int = 0):
 
 
 def mlx_greedy_fixed(model: Whisper, mel: mx.array, prompt: list[int], n_tokens: int) -> tuple[float, float, list[int]]:
-    """Encoder + `n_tokens` greedy steps with no early stop, through the runtime's Inference:
-    returns (encoder ms, mean ms per single-token step, tokens)."""
+    """Encoder + `n_tokens` greedy steps with no early stop, through the MLX-graph backend (model.py
+    as it is; a host round trip per token): returns (encoder ms, mean ms per single-token step,
+    tokens)."""
+    backend = MlxBackend(model)
     t0 = time.perf_counter()
-    features = model.embed_audio(mel)
+    features = backend.encode(mel)
     mx.eval(features)
     t1 = time.perf_counter()
-    inference = Inference(model, features)
+    session = backend.session(features, 1)
     tokens = np.array([prompt])
+    session.prefill(tokens, 0)
     steps = []
     for _ in range(n_tokens):
         s0 = time.perf_counter()
-        logits = inference.logits(tokens)[:, -1]
-        tokens = np.concatenate([tokens, logits.argmax(-1)[:, None]], axis=1)
+        picked = mx.argmax(session.pending, axis=-1)
+        nxt = np.array(picked).astype(np.int64)
+        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+        session.feed(nxt)
         steps.append((time.perf_counter() - s0) * 1e3)
     return (t1 - t0) * 1e3, statistics.median(steps[1:]), tokens[0, len(prompt):].tolist()
 
 
 def mlx_runtime_greedy_fixed(model: Whisper, mel: mx.array, prompt: list[int], n_tokens: int,
                              reps: int = 3) -> tuple[float, float]:
-    """The runtime's GPU path (`gpu.embed_audio`, `gpu.greedy`: compiled step, filters on the
-    device, next step queued before the host reads a token), with no early stop: returns (encoder
-    ms, ms per step), the step cost as (time for n_tokens - time for 1) / (n_tokens - 1)."""
-    from whisper_mlx import gpu
-
-    enc = median_time(lambda: mx.eval(gpu.embed_audio(model, mel)), reps=10)
-    features = gpu.embed_audio(model, mel)
+    """The model's decoding backend (on a CUDA GPU the CUDA backend: compiled encoder, the greedy
+    loop with the filters on the device, next step queued before the host reads a token, the step
+    as one CUDA kernel), with no early stop: returns (encoder ms, ms per step), the step cost as
+    (time for n_tokens - time for 1) / (n_tokens - 1)."""
+    backend = backend_for(model)
+    enc = median_time(lambda: mx.eval(backend.encode(mel)), reps=10)
+    features = backend.encode(mel)
     mx.eval(features)
+    rules = LogitRules(n_vocab=model.dims.n_vocab, eot=-1, sample_begin=len(prompt))  # no filters, no end
+    tokens = np.array([prompt])
 
     def run(n: int):
-        gpu.greedy(model, features, tuple(prompt), sot_index=0, sample_len=n, eot=-1, no_speech=0,
-                   suppress_ids=(), blank_ids=(), timestamp_rules=None)
+        session = backend.session(features, 1)
+        session.prefill(tokens, 0)
+        session.greedy(rules, tokens, n, model.dims.n_text_ctx)
 
     one = median_time(lambda: run(1), reps=reps)
     many = median_time(lambda: run(n_tokens), reps=reps, warmup=1)
@@ -207,20 +218,6 @@ def torch_greedy_fixed(model, mel, prompt: list[int], n_tokens: int) -> tuple[fl
     return (t1 - t0) * 1e3, statistics.median(steps[1:]), tokens[0, len(prompt):].tolist()
 
 
-def attention_rows(report: Report, name: str, dims: ModelDimensions) -> None:
-    """The encoder's attention op alone, at its real shape: the CPU path's base-2 softmax
-    against MLX's fused kernel (which the runtime uses off the CPU)."""
-    from whisper_mlx.model import attention_base2
-
-    h, t = dims.n_audio_head, dims.n_audio_ctx
-    d = dims.n_audio_state // h
-    q, k, v = (mx.random.normal((1, h, t, d)).astype(mx.float16) for _ in range(3))
-    k_t = mx.contiguous(k.transpose(0, 1, 3, 2))
-    base2 = median_time(lambda: mx.eval(attention_base2(q, k_t, v, d**-0.5)), reps=20)
-    fused = median_time(lambda: mx.eval(mx.fast.scaled_dot_product_attention(q, k, v, scale=d**-0.5)), reps=20)
-    report.add(Row(name, "encoder attention: fused (base-2 in note)", fused, None, note=f"base-2 softmax {base2:.3f} ms"))
-
-
 def bench_shape(report: Report, name: str, dims: ModelDimensions, n_tokens: int = 100, reps: int = 3,
                 with_torch: bool = True, bandwidth: float | None = None) -> None:
     """Encoder pass, decoder step and encoder + n_tokens steps, random fp16 weights, batch 1."""
@@ -228,7 +225,6 @@ def bench_shape(report: Report, name: str, dims: ModelDimensions, n_tokens: int 
     model = random_mlx_model(dims)
     mel = mx.random.normal((1, 2 * dims.n_audio_ctx, dims.n_mels)).astype(mx.float16)
     enc = median_time(lambda: mx.eval(model.embed_audio(mel)), reps=10)
-    attention_rows(report, name, dims)
     runs = [mlx_greedy_fixed(model, mel, prompt, n_tokens) for _ in range(2)][1:]
     step = statistics.median(s for _, s, _ in runs)
     t_enc = t_step = t_total = None
@@ -251,7 +247,7 @@ def bench_shape(report: Report, name: str, dims: ModelDimensions, n_tokens: int 
         torch.cuda.empty_cache()
     r_enc, r_step = mlx_runtime_greedy_fixed(model, mel, prompt, n_tokens, reps=reps)
     report.add(Row(name, "encoder, one 30 s window", r_enc, t_enc, note=f"model.embed_audio {enc:.2f} ms"))
-    report.add(Row(name, "decoder step, batch 1", r_step, t_step, note=f"uncompiled Inference step {step:.2f} ms"))
+    report.add(Row(name, "decoder step, batch 1", r_step, t_step, note=f"MLX-graph backend step {step:.2f} ms"))
     total = r_enc + r_step * n_tokens
     report.add(Row(name, f"encoder + {n_tokens} greedy steps", total, t_total, note="random weights, no early stop"))
     if bandwidth:
@@ -267,12 +263,14 @@ def bench_shape(report: Report, name: str, dims: ModelDimensions, n_tokens: int 
 
 
 def bench_transcribe(report: Report, name: str, model_dir: Path, pt_path: Path, audio: list[np.ndarray],
-                     word_timestamps: bool = False, with_torch: bool = True) -> dict:
-    """Transcribe every clip with both runtimes (fp16, greedy, temperature 0); total wall time,
-    after one untimed warm-up pass. Returns both transcripts for comparison."""
+                     word_timestamps: bool = False, with_torch: bool = True, beam_size: int | None = None) -> dict:
+    """Transcribe every clip with both runtimes (fp16, temperature 0, greedy or beam search); total
+    wall time, after one untimed warm-up pass. Returns both transcripts for comparison."""
     import whisper_mlx
 
     opts = dict(temperature=0.0, word_timestamps=word_timestamps, condition_on_previous_text=True)
+    if beam_size:
+        opts["beam_size"] = beam_size
     model = whisper_mlx.load_model(model_dir)
 
     def run_mlx():
@@ -309,6 +307,7 @@ def bench_transcribe(report: Report, name: str, model_dir: Path, pt_path: Path, 
     seconds = sum(len(a) for a in audio) / 16000
     same = sum(a == b for a, b in zip(ours, theirs)) if theirs else None
     what = f"transcribe {len(audio)} clips, {seconds:.0f} s audio" + (", words" if word_timestamps else "")
+    what += f", beam {beam_size}" if beam_size else ""
     note = f"same text {same}/{len(audio)}" if theirs else ""
     report.add(Row(name, what, ms, t_ms, note=note))
     del model

@@ -3,7 +3,9 @@
 # Here (python 3.11, internet to PyPI): wheels for cp312, MLX's CUDA build without its bundled
 # CCCL headers (the device's CUDA 13 has them), Debian's OpenBLAS (fast CPU fp32 references),
 # the test clips and the OpenAI-format .pt checkpoints that tests/conftest.py builds.
-# Output: .device/p1 .. .device/pN, each one file under PART_MB; unpack.sh reassembles them.
+# Output: .device/p1 .. .device/pN, each one file under PART_MB (MiB; with the working tree a
+# call carries at most 64 MiB); unpack.sh reassembles them and installs each member as soon as
+# the parts so far hold it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PART_MB=${PART_MB:-58}
@@ -49,9 +51,11 @@ PY
 cp .cache/tests/clips/*.wav "$D/stage/clips/"
 cp .cache/tests/models/tiny.en.pt .cache/tests/models/base.pt "$D/stage/models/"
 
-# One stream, MLX first (unpack.sh installs it as soon as the first two parts are there, enough
-# for the random-weight probes and benchmarks), split into parts.
-(cd "$D/stage" && tar -cf - mlxcuda.tar.xz blas.tar.xz whl clips models/tiny.en.pt models/base.pt) \
+# One stream of single members, in the order they become useful on the device: MLX (parts 1-2),
+# the wheels (then whisper_mlx imports and the random-weight benchmarks run, PyTorch side too),
+# OpenBLAS and the clips, tiny.en, base.
+(cd "$D/stage" && tar -cf whl.tar -C whl . && tar -cf clips.tar -C clips . \
+   && tar -cf - mlxcuda.tar.xz whl.tar blas.tar.xz clips.tar models/tiny.en.pt models/base.pt) \
   | split -b "${PART_MB}m" -d -a 1 - "$D/part"
 i=1
 for f in "$D"/part[0-9]; do mkdir -p "$D/p$i" && mv "$f" "$D/p$i/part"; i=$((i + 1)); done

@@ -1,5 +1,6 @@
 """On the GPU machine: build the model directories tests/conftest.py expects from the carried
-OpenAI .pt checkpoints (the device has no CTranslate2 packages), with the manifests' alignment heads."""
+OpenAI .pt checkpoints (the device has no CTranslate2 packages), with the manifests' alignment heads:
+`python3 scripts/device/prepare_models.py [FAMILY ...]` (default: tiny.en and base)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ VARIANTS = {"tiny.en": [("float32", None), ("float16", None), ("float16", 4), ("
             "base": [("float32", None), ("float16", None)]}
 
 
-def main() -> None:
-    for family_name, variants in VARIANTS.items():
+def main(families: list[str]) -> None:
+    for family_name in families or VARIANTS:
+        variants = VARIANTS[family_name]
         ckpt = pt.load(CACHE / "models" / f"{family_name}.pt")
         ckpt.alignment_heads = find_family(family_name).alignment_heads
         for dtype, q_bits in variants:
@@ -30,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

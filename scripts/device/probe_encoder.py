@@ -1,6 +1,6 @@
-"""On the GPU machine: the large-v3 encoder's operations one at a time, MLX (as gpu.GpuEncoder runs
-them) against PyTorch (as openai-whisper runs them), fp16, 1500 x 1280 activations; ms per call
-(median of 20 batches of 32 calls, so launch overhead is amortized as in the compiled encoder)."""
+"""On the GPU machine: the large-v3 encoder's operations one at a time, MLX (as the CUDA backend's
+encoder graph runs them) against PyTorch (as openai-whisper runs them), fp16, 1500 x 1280
+activations; ms per call (median of 20 batches of 32 calls, so launch overhead is amortized as in the compiled encoder)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from whisper_mlx import runtime  # noqa: E402
 runtime.set_device("gpu")
 
 import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as tf  # noqa: E402
 
-from whisper_mlx.model import gelu  # noqa: E402
+from whisper_mlx.backends.cuda import gelu_cuda  # noqa: E402
 
 T, C, H = 1500, 1280, 20
 D = C // H
@@ -92,7 +93,8 @@ rows = [
      lambda: mx.fast.scaled_dot_product_attention(*(qt[..., i * C:(i + 1) * C].reshape(1, T, H, D).transpose(0, 2, 1, 3) for i in range(3)), scale=D**-0.5),
      lambda: tf.scaled_dot_product_attention(*(tqkv[..., i * C:(i + 1) * C].view(1, T, H, D).permute(0, 2, 1, 3) for i in range(3)))),
     ("layer norm", lambda: mx.fast.layer_norm(x, ln_w, ln_b, 1e-5), lambda: tln(tx.float()).half()),
-    ("gelu 1500x5120", lambda: gelu(h4), lambda: tf.gelu(th4)),
+    ("gelu 1500x5120 (CUDA kernel)", lambda: gelu_cuda(h4), lambda: tf.gelu(th4)),
+    ("gelu 1500x5120 (nn.gelu)", lambda: nn.gelu(h4), lambda: tf.gelu(th4)),
     ("conv1 3000x128 -> 1280", lambda: mx.conv1d(mel, conv1_w, padding=1), lambda: tf.conv1d(tmel, tc1, padding=1)),
     ("conv2 3000x1280, stride 2", lambda: mx.conv1d(x3000, conv2_w, padding=1, stride=2),
      lambda: tf.conv1d(tx3000, tc2, padding=1, stride=2)),

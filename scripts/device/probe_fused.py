@@ -1,7 +1,9 @@
-"""On the GPU machine: the fused CUDA decoder step (gpu.FusedStep) against the compiled MLX step,
-random fp16/fp32 weights: same tokens and log probabilities, and the time per step.
+"""On the GPU machine: the fused CUDA decoder step (whisper_mlx/backends/cuda.py `FusedStep`) against
+the compiled MLX step, random fp16/fp32 weights: same tokens and log probabilities, and the time per
+step.
 
-  python3 scripts/device/probe_fused.py [shape ...]   (default: tiny large-v3-turbo large-v3)
+  python3 scripts/device/probe_fused.py [shape[:fp16|fp32] ...]   (default: tiny:fp32 tiny base
+  large-v3-turbo large-v3)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from whisper_mlx import runtime  # noqa: E402
 
@@ -19,15 +22,13 @@ runtime.set_device("gpu")
 
 import mlx.core as mx  # noqa: E402
 
-from whisper_mlx import gpu  # noqa: E402
+from fused_lab import greedy  # noqa: E402
+from whisper_mlx.backends import backend_for  # noqa: E402
+from whisper_mlx.backends.cuda import FusedStep, sm_count  # noqa: E402
+from whisper_mlx.logit_rules import LogitRules  # noqa: E402
 from whisper_mlx.model import ModelDimensions  # noqa: E402
 from zoo import bench_gpu  # noqa: E402
 from zoo.manifest import find_family  # noqa: E402
-
-
-def run(dec, feats, prompt, n, fused, rules=None, eot=-1):
-    return gpu._greedy(dec, feats, prompt, sot_index=0, sample_len=n, eot=eot, no_speech=0, suppress_ids=(),
-                       blank_ids=(), timestamp_rules=rules, fused=fused)
 
 
 def med(fn, reps=5, warmup=1):
@@ -42,47 +43,45 @@ def med(fn, reps=5, warmup=1):
 
 
 def main(shapes):
-    print("mlx", mx.__version__, "SMs", gpu.sm_count(), flush=True)
+    print("mlx", mx.__version__, "SMs", sm_count(), flush=True)
     for spec in shapes:
         name, _, dt = spec.partition(":")
         dtype = {"": mx.float16, "fp16": mx.float16, "fp32": mx.float32}[dt]
         dims = ModelDimensions(**find_family(name).dims.model_dump())
         model = bench_gpu.random_mlx_model(dims, dtype=dtype)
+        backend = backend_for(model)
         mel = mx.random.normal((1, 2 * dims.n_audio_ctx, dims.n_mels)).astype(dtype)
-        feats = gpu.embed_audio(model, mel)
+        feats = backend.encode(mel)
         mx.eval(feats)
-        dec = gpu.decoder_for(model)
         prompt = (50258, 50259, 50360, 50364)[: 4 if dims.n_vocab >= 51865 else 3]
         ts_begin = dims.n_vocab - 1501
-        rules = (ts_begin, ts_begin - 1, 50)
+        with_rules = LogitRules(n_vocab=dims.n_vocab, eot=50257, sample_begin=len(prompt), timestamps=True,
+                                timestamp_begin=ts_begin, no_timestamps=ts_begin - 1, max_initial_timestamp=50)
         t0 = time.perf_counter()
-        fused = gpu.FusedStep(dec, feats.shape[1])
+        fused = FusedStep(backend, feats.shape[1])
         print(f"{spec}: cfg {fused.cfg}, built in {time.perf_counter() - t0:.2f} s", flush=True)
-        for label, kw in (("no rules", {}), ("timestamp rules", dict(rules=rules, eot=50257))):
+        for label, rules in (("no rules", None), ("timestamp rules", with_rules)):
             try:
-                a = run(dec, feats, prompt, 60, None, **kw)
+                ta, la = greedy(backend, feats, prompt, 60, None, rules)
                 t0 = time.perf_counter()
-                b = run(dec, feats, prompt, 60, fused, **kw)
+                tb, lb = greedy(backend, feats, prompt, 60, fused, rules)
                 first = time.perf_counter() - t0
-                ta, tb = a[0][0].tolist(), b[0][0].tolist()
                 same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
                 print(f"  {label}: tokens equal {ta == tb} (common prefix {same}/{len(ta)},{len(tb)}), "
-                      f"sum logprob {a[1]:.5f} vs {b[1]:.5f}, no-speech {a[2]:.6f} vs {b[2]:.6f}, "
-                      f"first fused run {first:.2f} s", flush=True)
+                      f"sum logprob {la:.5f} vs {lb:.5f}, first fused run {first:.2f} s", flush=True)
                 if ta != tb:
                     print("    mlx  ", ta[:40], "\n    fused", tb[:40], flush=True)
             except Exception as e:  # noqa: BLE001
                 print(f"  {label}: FAILED {type(e).__name__}: {e}", flush=True)
-        variants = [("mlx compiled step", None), ("fused", fused)]
-        for label, f in variants:
+        for label, f in (("mlx compiled step", None), ("fused", fused)):
             try:
-                one = med(lambda: run(dec, feats, prompt, 1, f))
-                many = med(lambda: run(dec, feats, prompt, 101, f))
+                one = med(lambda: greedy(backend, feats, prompt, 1, f))
+                many = med(lambda: greedy(backend, feats, prompt, 101, f))
                 print(f"  {label}: {(many - one) / 100:.3f} ms/step (1 token {one:.2f} ms, 101 tokens {many:.1f} ms)",
                       flush=True)
             except Exception as e:  # noqa: BLE001
                 print(f"  {label}: FAILED {type(e).__name__}: {e}", flush=True)
-        del model, dec, fused, variants
+        del model, backend, fused
         mx.clear_cache()
 
 

@@ -1,63 +1,86 @@
 #!/usr/bin/env bash
-# On the GPU machine, once per carried part: `scripts/device/unpack.sh K N` keeps part K of N in
-# /tmp (which lasts while the machine stays warm). As soon as the parts so far hold MLX (the first
-# member of pack.sh's stream; parts 1-2) it installs MLX into /tmp/site and writes /tmp/env-mlx.sh
-# (MLX alone: whisper_mlx imports av and the probes' zoo.manifest needs pydantic, so the probes and
-# tools/bench_gpu.py wait for /tmp/env.sh); after the last part it installs everything
-# else and writes /tmp/env.sh (source it before running tests or benchmarks). Carry
-# .cache/tests/references (git-ignored, so it travels only when carried) with the last part: without
-# the CPU fp32 references there, tests/test_gpu.py recomputes them on the device's CPU, and base's
-# does not fit one call.
+# On the GPU machine, once per carried part: `scripts/device/unpack.sh K N` appends part K of N
+# (.device/pK/part, from pack.sh) to the stream kept in /tmp (which lasts while the machine stays
+# warm) and installs whatever the stream now holds complete, in pack.sh's order:
+#   MLX (CUDA)            -> /tmp/site, /tmp/env.sh written (PYTHONPATH, CUDA_HOME)
+#   whl.tar (av, pydantic, openai-whisper, ...) -> /tmp/site: whisper_mlx, zoo.manifest and the
+#                            PyTorch side of tools/bench_gpu.py import; random-weight benchmarks run
+#   OpenBLAS, clips.tar   -> /tmp/blas, $WHISPER_MLX_TEST_CACHE/clips
+#   tiny.en.pt, base.pt   -> the model directories tests/conftest.py expects (prepare_models.py)
+# `. /tmp/env.sh` before running anything. Carry .cache/tests/references (git-ignored, so it
+# travels only when carried; scripts/device/cpu_references.py builds it) with a part: without the
+# CPU fp32 references, tests/test_gpu.py recomputes them on the device's CPU, which does not fit a call.
 set -euo pipefail
 k=$1 n=$2
 mkdir -p /tmp/parts
-cp ".device/p$k/part" "/tmp/parts/$k"
-have=$(ls /tmp/parts | wc -l)
-[ -f /tmp/env.sh ] && { echo "already unpacked"; exit 0; }
+[ -f "/tmp/parts/$k" ] || cp ".device/p$k/part" "/tmp/parts/$k"
 cuda=$(ls -d /usr/local/cuda-13* /usr/local/cuda 2>/dev/null | head -1)
+export WHISPER_MLX_TEST_CACHE=/tmp/tc
+mkdir -p /tmp/stage /tmp/done $WHISPER_MLX_TEST_CACHE/models $WHISPER_MLX_TEST_CACHE/clips \
+  $WHISPER_MLX_TEST_CACHE/references
 
-if [ ! -f /tmp/env-mlx.sh ]; then
-  # the parts 1..j present in order; a truncated stream still yields its complete first member
-  j=0; while [ -f "/tmp/parts/$((j + 1))" ]; do j=$((j + 1)); done
-  rm -rf /tmp/mstage && mkdir -p /tmp/mstage
-  for i in $(seq 1 "$j"); do cat "/tmp/parts/$i"; done | tar -xf - -C /tmp/mstage mlxcuda.tar.xz 2>/dev/null || true
-  if [ -f /tmp/mstage/mlxcuda.tar.xz ] && xz -t /tmp/mstage/mlxcuda.tar.xz 2>/dev/null; then
-    rm -rf /tmp/site && mkdir -p /tmp/site
-    xz -dc /tmp/mstage/mlxcuda.tar.xz | tar -xf - -C /tmp/site
-    # MLX's rpath looks for the NVIDIA libraries beside it; the device's PyTorch has them.
-    nv=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])')
-    ln -sfn "$nv" /tmp/site/nvidia
-    cccl=$(ls -d "$cuda"/targets/x86_64-linux/include/cccl "$cuda"/include/cccl 2>/dev/null | head -1)
-    ln -sfn "$cccl" /tmp/site/mlx/include/cccl
-    cat > /tmp/env-mlx.sh <<ENV
+# the members of the parts 1..j present in order that are complete, extracted once each
+python3 - "$n" <<'PY'
+import io, os, sys, tarfile
+n = int(sys.argv[1])
+parts = []
+while len(parts) < n and os.path.exists(f"/tmp/parts/{len(parts) + 1}"):
+    parts.append(f"/tmp/parts/{len(parts) + 1}")
+data = b"".join(open(p, "rb").read() for p in parts)
+with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
+    try:
+        for m in tar:
+            if m.offset_data + m.size > len(data):
+                break
+            if m.isfile() and not os.path.exists(f"/tmp/done/{m.name.replace('/', '_')}"):
+                tar.extract(m, "/tmp/stage", filter="data")
+                open(f"/tmp/done/{m.name.replace('/', '_')}", "w").close()
+                print("unpacked", m.name, m.size, flush=True)
+    except (tarfile.ReadError, EOFError):
+        pass
+PY
+
+if [ -f /tmp/stage/mlxcuda.tar.xz ] && [ ! -f /tmp/env.sh ]; then
+  mkdir -p /tmp/site
+  xz -dc /tmp/stage/mlxcuda.tar.xz | tar -xf - -C /tmp/site
+  rm /tmp/stage/mlxcuda.tar.xz
+  # MLX's rpath looks for the NVIDIA libraries beside it; the device's PyTorch has them.
+  nv=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])')
+  ln -sfn "$nv" /tmp/site/nvidia
+  cccl=$(ls -d "$cuda"/targets/x86_64-linux/include/cccl "$cuda"/include/cccl 2>/dev/null | head -1)
+  ln -sfn "$cccl" /tmp/site/mlx/include/cccl
+  cat > /tmp/env.sh <<ENV
 export PYTHONPATH=/tmp/site:$PWD:$PWD/tests
 export CUDA_HOME=$cuda CUDA_PATH=$cuda
 export PYTHONUNBUFFERED=1
-ENV
-    . /tmp/env-mlx.sh
-    python3 -c 'import mlx.core as mx; print("mlx", mx.__version__, "gpu", mx.is_available(mx.gpu), mx.default_device())'
-  fi
-  rm -rf /tmp/mstage
-fi
-if [ "$have" -lt "$n" ]; then echo "part $k of $n kept ($have here)"; exit 0; fi
-
-rm -rf /tmp/stage && mkdir -p /tmp/stage /tmp/blas
-for i in $(seq 1 "$n"); do cat "/tmp/parts/$i"; done | tar -xf - -C /tmp/stage --exclude=mlxcuda.tar.xz
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/stage/whl/*.whl
-tar -xJf /tmp/stage/blas.tar.xz -C /tmp/blas
-
-export WHISPER_MLX_TEST_CACHE=/tmp/tc
-mkdir -p $WHISPER_MLX_TEST_CACHE/models $WHISPER_MLX_TEST_CACHE/clips $WHISPER_MLX_TEST_CACHE/references
-mv /tmp/stage/clips/*.wav $WHISPER_MLX_TEST_CACHE/clips/
-mv /tmp/stage/models/*.pt $WHISPER_MLX_TEST_CACHE/models/
-[ -d .cache/tests/references ] && cp .cache/tests/references/*.json $WHISPER_MLX_TEST_CACHE/references/
-lib=/tmp/blas/usr/lib/x86_64-linux-gnu
-cat > /tmp/env.sh <<ENV
-. /tmp/env-mlx.sh
-export LD_LIBRARY_PATH=$lib:\${LD_LIBRARY_PATH:-}
-export WHISPER_MLX_BLAS=$lib/openblas-pthread/libopenblas.so.0
 export WHISPER_MLX_TEST_CACHE=$WHISPER_MLX_TEST_CACHE
 ENV
-rm -rf /tmp/stage /tmp/parts
+  . /tmp/env.sh
+  python3 -c 'import mlx.core as mx; print("mlx", mx.__version__, "gpu", mx.is_available(mx.gpu), mx.default_device())'
+fi
 . /tmp/env.sh
-python3 scripts/device/prepare_models.py
+if [ -f /tmp/stage/whl.tar ]; then
+  mkdir -p /tmp/whl && tar -xf /tmp/stage/whl.tar -C /tmp/whl && rm /tmp/stage/whl.tar
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/whl/*.whl
+  echo "wheels installed"
+fi
+if [ -f /tmp/stage/blas.tar.xz ]; then
+  mkdir -p /tmp/blas && tar -xJf /tmp/stage/blas.tar.xz -C /tmp/blas && rm /tmp/stage/blas.tar.xz
+  lib=/tmp/blas/usr/lib/x86_64-linux-gnu
+  cat >> /tmp/env.sh <<ENV
+export LD_LIBRARY_PATH=$lib:\${LD_LIBRARY_PATH:-}
+export WHISPER_MLX_BLAS=$lib/openblas-pthread/libopenblas.so.0
+ENV
+  . /tmp/env.sh
+fi
+if [ -f /tmp/stage/clips.tar ]; then
+  tar -xf /tmp/stage/clips.tar -C $WHISPER_MLX_TEST_CACHE/clips && rm /tmp/stage/clips.tar
+fi
+[ -d .cache/tests/references ] && cp .cache/tests/references/*.json $WHISPER_MLX_TEST_CACHE/references/
+for family in tiny.en base; do
+  if [ -f "/tmp/stage/models/$family.pt" ]; then
+    mv "/tmp/stage/models/$family.pt" $WHISPER_MLX_TEST_CACHE/models/
+    python3 scripts/device/prepare_models.py "$family"
+  fi
+done
+echo "part $k of $n: $(ls /tmp/parts | wc -l) parts here"

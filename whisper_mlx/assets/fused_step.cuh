@@ -1,4 +1,4 @@
-// The fused greedy decoder step's CUDA source, included by whisper_mlx/gpu.py (fused_source).
+// The fused greedy decoder step's CUDA source, included by whisper_mlx/backends/cuda.py (FusedStep.source).
 __device__ __forceinline__ float wm_neg_inf() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float tof(float x) { return x; }
 __device__ __forceinline__ float tof(__half x) { return __half2float(x); }
@@ -82,28 +82,9 @@ __device__ float block_max(float v, float* red) {
 
 // all blocks reach this point before any goes on; a wait past ~1 s (blocks not co-resident)
 // sets *fail and every later barrier passes through
-#ifndef WM_TIMING
-#define WM_TIMING 0
-#endif
-#ifndef WM_VPREFETCH
-#define WM_VPREFETCH 1
-#endif
-__device__ __forceinline__ unsigned wm_clock() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return (unsigned)t;
-}
-
-// WM_TIMING: each block's arrival and departure times (global timer, ns) at every barrier, after
-// the scratch's other contents (see FusedStep.phase_times)
 __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned& target, volatile int* fail) {
   __syncthreads();
   if (threadIdx.x == 0) {
-#if WM_TIMING
-    unsigned* tim = bar + WM_TIMING;
-    const unsigned bi = target / gridDim.x;
-    tim[2 * bi * gridDim.x + blockIdx.x] = wm_clock();
-#endif
     target += gridDim.x;
     __threadfence();
     atomicAdd(bar, 1u);
@@ -119,9 +100,6 @@ __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned& target, volat
       }
     }
     __threadfence();
-#if WM_TIMING
-    tim[(2 * bi + 1) * gridDim.x + blockIdx.x] = wm_clock();
-#endif
   }
   __syncthreads();
 }
@@ -238,7 +216,7 @@ __device__ void layer_norm(const float* x, const T* w, const T* b, float* hs, fl
   __syncthreads();
 }
 
-// gelu_f: assets/gelu.cuh, placed before this file by gpu.fused_source
+// gelu_f: assets/gelu.cuh, placed before this file by FusedStep.source
 
 // softmax(q K^T) V over keys [0, n) of one head (K, V: (n, WM_D) rows); q pre-scaled in qs.
 // Writes the unnormalized sum into out[d] (d < WM_D) and returns (max, sum of exp).
@@ -246,14 +224,12 @@ template <bool COHERENT, typename T>
 __device__ float2 attend(const T* K, const T* V, int n, const float* qs, float* sc, float* part, float* red, float* out) {
   float m = wm_neg_inf();
   for (int j = threadIdx.x; j < n; j += WM_NT) {
-#if WM_VPREFETCH
     // the value rows the weighted sum below reads, fetched while the scores are computed
     for (int b = 0; b < WM_D * (int)sizeof(T); b += 128) {
       const char* row = reinterpret_cast<const char*>(V + (size_t)j * WM_D) + b;
       if (COHERENT) asm volatile("prefetch.global.L2 [%0];" : : "l"(row));
       else asm volatile("prefetch.global.L1 [%0];" : : "l"(row));
     }
-#endif
     float s = 0.f;
 #pragma unroll
     for (int d = 0; d < WM_D; d += 8) {

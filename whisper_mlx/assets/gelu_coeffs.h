@@ -3,7 +3,7 @@
  * float32. The one place its constants are written, read by both kinds of kernels:
  * - the C kernels: csrc/cpu_kernels.c includes this file (setup.py adds whisper_mlx/assets to the
  *   include path);
- * - the CUDA kernels: MLX compiles them at run time from source text, so whisper_mlx/gpu.py puts
+ * - the CUDA kernels: MLX compiles them at run time from source text, so backends/cuda.py puts
  *   this file's text before assets/gelu.cuh's, whose gelu_f calls wm_gelu_one.
  * Plain C that is also CUDA C++ (compiled by NVRTC, which defines __CUDACC__). */
 #ifndef WHISPER_MLX_GELU_COEFFS_H
