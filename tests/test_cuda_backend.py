@@ -75,6 +75,22 @@ def test_transcripts_match_the_reference_backend(models, clips, options):
             assert max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in (1, 2)) <= 0.02 + 1e-9, path.name
 
 
+def test_backend_is_released_with_its_model(tiny_en_fp32_dir, models, windows):
+    """The backend (its compiled graphs and the weights they captured) goes with the model."""
+    import gc
+    import weakref
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CudaBackend, "supports", classmethod(lambda cls, model: None))
+        model = whisper_mlx.load_model(tiny_en_fp32_dir, backend="cuda")
+    backend = backend_for(model)
+    backend.encode(windows[:1])
+    released = weakref.ref(backend)
+    del model, backend
+    gc.collect()
+    assert released() is None
+
+
 def test_pipelined_greedy_over_rows_matches_the_base_loop(models, windows):
     """Three windows decoded at once: the pipelined loop (finished rows ride along emitting
     end-of-text) against the base class's loop (finished rows dropped) on the same backend, and
