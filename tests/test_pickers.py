@@ -44,7 +44,7 @@ def _c(rules: LogitRules, logits: np.ndarray, state: np.ndarray, k: int):
 
 
 def _mlx(rules: LogitRules, logits: np.ndarray, state: np.ndarray, k: int):
-    """The MLX-ops picker (the MLX backend's, and the CUDA backend's outside its fused step)."""
+    """The MLX-ops picker (the MLX backend's)."""
     import mlx.core as mx
 
     from whisper_mlx.backends.ops import pick_mlx
@@ -53,7 +53,18 @@ def _mlx(rules: LogitRules, logits: np.ndarray, state: np.ndarray, k: int):
     return np.array(tokens), np.array(logprobs)
 
 
-PICKERS = {"numpy": _numpy, "c": _c, "mlx": _mlx}
+def _cuda(rules: LogitRules, logits: np.ndarray, state: np.ndarray, k: int):
+    """The CUDA backend's picker (one compiled graph of the same MLX ops; the greedy loop's
+    on-device pick is tested against the reference in tests/test_cuda_backend.py, the fused CUDA
+    step against the compiled step in tests/test_gpu.py)."""
+    import mlx.core as mx
+
+    from whisper_mlx.backends.cuda import pick
+
+    return pick(rules, mx.array(logits), state, k)
+
+
+PICKERS = {"numpy": _numpy, "c": _c, "mlx": _mlx, "cuda": _cuda}
 # Pickers that edit a NumPy array of logits in place to the filtered logits (a sampler's input).
 FILTERS_IN_PLACE = {"numpy", "c"}
 

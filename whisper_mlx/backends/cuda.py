@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import mlx.core as mx
@@ -99,11 +100,12 @@ def select(logits: mx.array, state: mx.array, suppress: mx.array, blank: mx.arra
     return t.astype(mx.uint32), logprob, next_state
 
 
-def _top_k(k: int):
-    """The picker graph: filters, log probabilities, the k best tokens per row (unordered when
-    k > 1) and their log probabilities."""
+@lru_cache(maxsize=None)
+def top_k_graph(k: int):
+    """The compiled picker graph for k tokens per row: filters, log probabilities, the k best
+    tokens per row (unordered when k > 1) and their log probabilities."""
 
-    def pick(logits, state, suppress, blank, rules):
+    def graph(logits, state, suppress, blank, rules):
         logprobs = log_softmax(apply_filters(logits, state, suppress, blank, rules))
         if k == 1:
             tokens = logprobs.argmax(axis=-1)[:, None]
@@ -111,7 +113,19 @@ def _top_k(k: int):
             tokens = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
         return tokens, mx.take_along_axis(logprobs, tokens, axis=-1)
 
-    return pick
+    return mx.compile(graph)
+
+
+def pick(rules: LogitRules, logits: mx.array, state: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The CUDA backend's picker: logits (B, V) float32 on the device, state (B, 4); the k best
+    tokens per row (B, k), best first (ties by lower id), and their log probabilities. Only the
+    (B, k) values leave the device."""
+    tokens, values = top_k_graph(k)(logits, mx.array(state, mx.int32), *filter_arrays(rules))
+    tokens, values = np.array(tokens).astype(np.int64), np.array(values)
+    if k > 1:
+        order = np.lexsort((tokens, -values), axis=-1)
+        tokens, values = np.take_along_axis(tokens, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+    return tokens, values
 
 
 # ---- the encoder's GELU as a CUDA kernel ------------------------------------------------------
@@ -182,12 +196,7 @@ class CudaSession(Session):
         return self.pending
 
     def pick(self, rules: LogitRules, state: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        tokens, values = self.backend.top_k(k)(self._pending(), mx.array(state, mx.int32), *filter_arrays(rules))
-        tokens, values = np.array(tokens).astype(np.int64), np.array(values)
-        if k > 1:  # best first, ties by lower id
-            order = np.lexsort((tokens, -values), axis=-1)
-            tokens, values = np.take_along_axis(tokens, order, axis=-1), np.take_along_axis(values, order, axis=-1)
-        return tokens, values
+        return pick(rules, self._pending(), state, k)
 
     def filtered_logits(self, rules: LogitRules, state: np.ndarray) -> np.ndarray:
         return np.array(self.backend.filters(self._pending(), mx.array(state, mx.int32), *filter_arrays(rules)))
@@ -300,7 +309,6 @@ class CudaBackend(Backend):
         self.step_select = mx.compile(self._step_select_graph)
         self.select = mx.compile(select)
         self.filters = mx.compile(apply_filters)
-        self._top_k: dict[int, object] = {}
         self._fused: dict[int, FusedStep] = {}
         self.fused_off = False  # set when the fused kernel failed to run
 
@@ -394,12 +402,6 @@ class CudaBackend(Backend):
         logits, cache = self._step_graph(tokens, offset, cache, cross)
         token, logprob, state = select(logits, state, suppress, blank, rules)
         return token, logprob, state, cache
-
-    def top_k(self, k: int):
-        """The compiled picker graph for k tokens per row."""
-        if k not in self._top_k:
-            self._top_k[k] = mx.compile(_top_k(k))
-        return self._top_k[k]
 
     def fused_step(self, n_audio_ctx: int) -> "FusedStep | None":
         """The fused one-row step for this audio length, built once; None where it does not apply."""
