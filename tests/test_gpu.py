@@ -17,7 +17,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 import whisper_mlx
-from conftest import CACHE, _model_dir
+from conftest import CACHE, RUNTIME_CODE, _model_dir, code_hash
 from whisper_mlx import decoding, runtime
 from whisper_mlx.backends import backend_for
 from whisper_mlx.backends.cuda import CudaBackend
@@ -61,10 +61,12 @@ _CPU_REFERENCES: dict[tuple, list[dict]] = {}
 
 def _reference_file(family: str, model_dir: Path, paths, options: dict = OPTIONS) -> tuple[Path, str]:
     """Where the CPU fp32 reference of `family` under `options` is cached, and the key it must
-    carry: a hash of the weights, the clips and the options, so a changed model, clip or option set
-    never reads a stale reference. `scripts/device/cpu_references.py` builds it on a CPU machine
-    for the GPU one."""
+    carry: a hash of the runtime code that computes it, the weights, the clips and the options, so
+    changed code, model, clip or option set never reads a stale reference.
+    `scripts/device/cpu_references.py` builds it on a CPU machine for the GPU one (from the same
+    commit: the code is part of the key)."""
     h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    h.update(code_hash(RUNTIME_CODE).encode())
     for f in sorted(model_dir.glob("*.safetensors")) + [Path(p) for p in paths]:
         h.update(f.name.encode() if f.suffix == ".safetensors" else b"")
         h.update(hashlib.sha256(f.read_bytes()).digest())

@@ -41,15 +41,14 @@ tar -cJhf "$D/stage/blas.tar.xz" -C / "${blas#/}" usr/lib/x86_64-linux-gnu/openb
 
 # Clips and checkpoints, built by the same code the tests use.
 $PY - <<'PY'
-import sys; sys.path.insert(0, "tests")
+import shutil, sys; sys.path.insert(0, "tests")
 from conftest import CACHE, _openai_pt
 from zoo.speech import load_specs, make_clips
 make_clips(CACHE / "clips", [i for i, s in load_specs().items() if s.split != "bench"])
-for family in ("tiny.en", "base"):
-    _openai_pt(family)
+for family in ("tiny.en", "base"):  # cached under a converter-code key; carried as FAMILY.pt
+    shutil.copy(_openai_pt(family), f".device/stage/models/{family}.pt")
 PY
 cp .cache/tests/clips/*.wav "$D/stage/clips/"
-cp .cache/tests/models/tiny.en.pt .cache/tests/models/base.pt "$D/stage/models/"
 
 # One stream of single members, in the order they become useful on the device: MLX (parts 1-2),
 # the wheels (then whisper_mlx imports and the random-weight benchmarks run, PyTorch side too),
