@@ -83,28 +83,6 @@ def test_openai_whisper_spellings_are_accepted(clips, tiny_en_fp32_dir, tmp_path
     assert wer(clip.text, " ".join(line.split("\t")[2] for line in tsv[1:])) < 0.15
 
 
-@pytest.mark.parametrize(
-    "args,says",
-    [(["--highlight-words", "True"], "--highlight-words requires --word-timestamps True"),
-     (["--max-line-width", "20"], "--max-line-width requires --word-timestamps True"),
-     (["--output-format", "docx"], "invalid choice: 'docx'"),
-     (["--language", "Klingon"], "invalid choice: 'Klingon'"),
-     (["--verbose", "perhaps"], "expected True or False"),
-     (["--clip-timestamps", "1,two"], "--clip-timestamps"),
-     (["--device", "tpu"], "invalid choice: 'tpu'"),
-     ([], None)],
-    ids=["highlight", "line-width", "format", "language", "verbose", "clip", "device", "no-audio"],
-)
-def test_usage_errors_exit_2(tmp_path, args, says):
-    audio = [] if says is None else [str(tmp_path / "a.wav")]
-    proc = run_cli(*audio, *args, "-o", tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("whisper-mlx: error: ")
-    assert says is None or says in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_version_and_doctor():
     version = run_cli("--version")
     assert version.returncode == 0

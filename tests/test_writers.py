@@ -141,3 +141,53 @@ def test_all_renders_every_format_before_writing_any(tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown output format 'docx'"):
         get_writer("docx", str(tmp_path))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_outputs_get_the_umask_permissions(tmp_path, umask):
+    """As a plain open() would create them (before: 0600 from mkstemp whatever the umask)."""
+    old = os.umask(umask)
+    try:
+        paths = get_writer("all", str(tmp_path))(_result(), "talk.wav")
+    finally:
+        os.umask(old)
+    assert len(paths) == len(OUTPUT_FORMATS)
+    assert {oct(os.stat(p).st_mode & 0o777) for p in paths} == {oct(0o666 & ~umask)}
+
+
+def test_replaced_output_keeps_its_mode(tmp_path):
+    """Rewriting an existing 0640 (or 0644) file keeps its mode (before: it became 0600)."""
+    for mode in (0o640, 0o644):
+        target = tmp_path / "talk.txt"
+        target.write_text("old\n")
+        target.chmod(mode)
+        get_writer("txt", str(tmp_path))(_result(), "talk.wav")
+        assert os.stat(target).st_mode & 0o777 == mode
+        assert target.read_text().startswith("The weather today")
+
+
+def test_symlinked_output_stays_a_symlink(tmp_path):
+    """The file a symlinked output points to is replaced; the link stays (before: the link was
+    replaced by a plain file and the file it pointed to kept the old text)."""
+    real_dir = tmp_path / "archive"
+    real_dir.mkdir()
+    real = real_dir / "kept.txt"
+    real.write_text("old\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "talk.txt").symlink_to(real)
+    get_writer("txt", str(out))(_result(), "talk.wav")
+    assert (out / "talk.txt").is_symlink() and os.readlink(out / "talk.txt") == str(real)
+    assert real.read_text().startswith("The weather today")
+    assert sorted(os.listdir(real_dir)) == ["kept.txt"] and sorted(os.listdir(out)) == ["talk.txt"]
+
+
+@pytest.mark.parametrize("audio,stem", [
+    ("-", "stdin"), ("/a/b/talk.v2.wav", "talk.v2"), ("http://host/dir/my%20talk.mp3?t=1", "my talk"),
+    ("https://host/", "host"), ("talk", "talk")])
+def test_output_names(tmp_path, audio, stem):
+    assert get_writer("txt", str(tmp_path))(_result(), audio) == [str(tmp_path / f"{stem}.txt")]
+
+
+def test_output_name_replaces_the_audio_name(tmp_path):
+    assert get_writer("json", str(tmp_path))(_result(), "-", output_name="meeting") == [str(tmp_path / "meeting.json")]

@@ -7,6 +7,7 @@ Values match openai-whisper's `ffmpeg -ac 1 -ar 16000 -f s16le` decoding and its
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections import OrderedDict
 from functools import lru_cache
@@ -47,13 +48,13 @@ def load_audio(file: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def decode_chunks(file: str | Path, sr: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
-    """Yield the file's first audio stream as int16 mono chunks at `sr` Hz; AudioError on bad input."""
+    """Yield the file's first audio stream as int16 mono chunks at `sr` Hz; AudioError on bad input.
+
+    `file` may also be `-` (standard input), a named pipe or device, or an http(s) URL: FFmpeg
+    reads them as the `ffmpeg -i` command line does, in one pass."""
     file = str(file)
     _check_file(file)
-    try:
-        container = av.open(file, metadata_errors="ignore")
-    except av.FFmpegError as e:
-        raise AudioError(f"{file}: {_open_problem(e)}") from None
+    container = _open(file)
     total = 0
     with container:
         if not container.streams.audio:
@@ -78,7 +79,8 @@ def decode_chunks(file: str | Path, sr: int = SAMPLE_RATE) -> Iterator[np.ndarra
             ) from None
     if total == 0:
         raise AudioError(f"{file}: contains no audio samples")
-    _check_wav_complete(file)
+    if not single_pass(file):
+        _check_wav_complete(file)
 
 
 class _Resampler:
@@ -117,9 +119,46 @@ class _Resampler:
             yield out.to_ndarray().reshape(-1)
 
 
+STDIN = "-"
+"""The audio argument that means standard input (as for `ffmpeg -i -`)."""
+URL_SCHEMES = ("http", "https")
+"""URL schemes read as audio (through FFmpeg); other `scheme://` arguments are refused up front."""
+NETWORK_TIMEOUT_S = 30
+"""A URL whose server sends nothing for this long fails instead of hanging."""
+
+
+def single_pass(file: str) -> bool:
+    """True for inputs that can be read only once, or only at a cost per read: standard input, a
+    named pipe or device, a URL. They are decoded once, into memory (not streamed in two passes)."""
+    if file == STDIN or "://" in file:
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(file).st_mode)
+    except OSError:
+        return False
+
+
+def _open(file: str) -> "av.container.InputContainer":
+    """av.open on a file, `-` (FFmpeg's pipe:0) or a URL (with a read timeout); AudioError on failure."""
+    target, options = file, {}
+    if file == STDIN:
+        target = "pipe:0"
+    elif "://" in file:
+        options = {"rw_timeout": str(NETWORK_TIMEOUT_S * 1_000_000)}  # microseconds
+    try:
+        return av.open(target, metadata_errors="ignore", options=options)
+    except av.FFmpegError as e:
+        raise AudioError(f"{file}: {_open_problem(e)}") from None
+
+
 def _check_file(file: str) -> None:
     """Catch the plain file-system problems before FFmpeg words them obscurely."""
+    if file == STDIN:
+        return
     if "://" in file:
+        scheme = file.split("://", 1)[0].lower()
+        if scheme not in URL_SCHEMES:
+            raise AudioError(f"{file}: unsupported URL scheme {scheme!r} (audio URLs must be http or https)")
         return
     if not os.path.exists(file):
         raise AudioError(f"{file}: no such file")
@@ -127,7 +166,7 @@ def _check_file(file: str) -> None:
         raise AudioError(f"{file}: is a directory, not an audio file")
     if not os.access(file, os.R_OK):
         raise AudioError(f"{file}: permission denied")
-    if os.path.getsize(file) == 0:
+    if stat.S_ISREG(os.stat(file).st_mode) and os.path.getsize(file) == 0:
         raise AudioError(f"{file}: empty file (0 bytes)")
 
 
@@ -167,11 +206,8 @@ def _check_wav_complete(file: str) -> None:
 def _probe_duration(file: str) -> float | None:
     """The container's declared duration in seconds, or None when it does not say."""
     _check_file(file)
-    try:
-        with av.open(file, metadata_errors="ignore") as container:
-            return None if container.duration is None else container.duration / av.time_base
-    except av.FFmpegError as e:
-        raise AudioError(f"{file}: {_open_problem(e)}") from None
+    with _open(file) as container:
+        return None if container.duration is None else container.duration / av.time_base
 
 
 # ---------------------------------------------------------------- arrays
@@ -411,12 +447,14 @@ def load_mel(
     *,
     stream_threshold_s: float = STREAM_THRESHOLD_S,
 ) -> MelSource:
-    """A MelSource for a file or waveform; files longer than `stream_threshold_s` are streamed."""
+    """A MelSource for a file or waveform; files longer than `stream_threshold_s` are streamed
+    (`-`, pipes and URLs, readable once, are decoded into memory)."""
     if isinstance(audio, (str, Path)):
         file = str(audio)
-        duration = _probe_duration(file)
-        if duration is None or duration > stream_threshold_s:
-            return _streaming_mel(file, n_mels)
+        if not single_pass(file):  # stdin, pipes and URLs are decoded once, into memory
+            duration = _probe_duration(file)
+            if duration is None or duration > stream_threshold_s:
+                return _streaming_mel(file, n_mels)
         audio = load_audio(file)
     signal = _ArraySignal(_as_waveform(audio), N_SAMPLES)
     blocks = [_log10_block(signal, k, n_mels) for k in range(_n_blocks(signal.n_frames))]

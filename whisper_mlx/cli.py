@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__, runtime, vad
-from .audio import AudioError
-from .load import ModelLoadError, load_model
+from .audio import STDIN, AudioError
+from .decoding import DecodingOptions, check_options
+from .load import ModelLoadError, ModelOutputError, load_model
 from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE
-from .transcribe import transcribe
+from .transcribe import parse_clip_timestamps, transcribe
 from .writers import get_writer
 
 PROG = "whisper-mlx"
@@ -98,10 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "on a Ray cluster.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("audio", nargs="+", help="audio or video file(s) to transcribe")
+    p.add_argument("audio", nargs="+",
+                   help="audio or video file(s) to transcribe; also http(s) URLs, named pipes, and - for standard input")
     p.add_argument("--version", action=_Version, help="print the version and backend, then exit")
     _add(p, "model", default=default_model(), help="model directory, Hub repo id or zoo short name")
     p.add_argument("--output-dir", "--output_dir", "-o", dest="output_dir", default=".", help="directory for the outputs")
+    _add(p, "output_name", default=None,
+         help="base name of the output files (one audio input only; default: the input's name, `stdin` for -)")
     p.add_argument("--output-format", "--output_format", "-f", dest="output_format", default="all",
                    choices=["txt", "vtt", "srt", "tsv", "json", "all"], help="output format(s)")
     _add(p, "verbose", type=str2bool, default=True, help="print segments as they are decoded (False: progress bar)")
@@ -185,9 +190,15 @@ def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
     if args["max_words_per_line"] and args["max_line_width"]:
         warnings.warn("--max-words-per-line has no effect with --max-line-width")
     try:
-        [float(t) for t in args["clip_timestamps"].split(",") if t]
-    except ValueError:
-        parser.error(f"--clip-timestamps: expected comma-separated seconds, got {args['clip_timestamps']!r}")
+        parse_clip_timestamps(args["clip_timestamps"])
+    except ValueError as e:
+        parser.error("--clip-timestamps" + str(e).removeprefix("clip_timestamps"))
+    if args["output_name"] is not None and len(args["audio"]) > 1:
+        parser.error("--output-name names the outputs of one audio input, not of several")
+    if args["output_name"] is not None and (os.sep in args["output_name"] or args["output_name"] in ("", ".", "..")):
+        parser.error(f"--output-name {args['output_name']!r}: a file name without a directory (see --output-dir)")
+    if args["audio"].count(STDIN) > 1:
+        parser.error("standard input (-) can be read only once")
     if args["batch_size"] is not None and args["batch_size"] < 1:
         parser.error(f"--batch-size: expected a positive number of chunks, got {args['batch_size']}")
     for name in _VAD_OPTIONS:
@@ -197,6 +208,23 @@ def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
         vad.VadOptions(**{name: args[f"vad_{name}"] for name in _VAD_OPTIONS if args[f"vad_{name}"] is not None})
     except vad.VadOptionError as e:
         parser.error(f"--vad-{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}")
+
+
+def _output_dir_problem(output_dir: str) -> str | None:
+    """Why outputs cannot be written into `output_dir` (or, when it does not exist yet, why it
+    cannot be created), found before any work by creating an unnamed temporary file in it (or in
+    the existing folder it would be made in); None if they can."""
+    target = probe = os.path.abspath(output_dir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    where = "" if probe == target else f"cannot be created in {probe}: "
+    if not os.path.isdir(probe):
+        return f"{where}not a directory"
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        return f"{where}not writable ({e.strerror or e})"
+    return None
 
 
 def _fail(target: str, e: BaseException, debug: bool) -> None:
@@ -241,30 +269,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, ValueError) as e:
         print(f"{PROG}: error: --device {device}: {e}", file=sys.stderr)
         return 2
+    if problem := _output_dir_problem(output_dir):
+        print(f"{PROG}: error: {output_dir}: {problem}", file=sys.stderr)
+        return 1
     try:
-        os.makedirs(output_dir, exist_ok=True)
         model = load_model(model_name, dtype=dtype, backend=backend)
+        os.makedirs(output_dir, exist_ok=True)
     except (ModelLoadError, OSError) as e:
         _fail(model_name if not isinstance(e, OSError) else output_dir, e, debug)
         return 1
     except ValueError as e:  # a backend that cannot run this model here
         print(f"{PROG}: error: --backend {backend}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
     if args["language"] is not None:
         args["language"] = TO_LANGUAGE_CODE.get(args["language"].lower(), args["language"])
-    if not model.is_multilingual and args["language"] not in (None, "en"):
-        warnings.warn(f"{model_name} is an English-only model but got language {args['language']!r}; using English.")
-        args["language"] = "en"
+    try:
+        check_options(DecodingOptions(task=args["task"], language=args["language"]), model.is_multilingual,
+                      model.num_languages)
+    except ValueError as e:
+        print(f"{PROG}: error: {model_name}: {e}", file=sys.stderr)
+        return 2
     temperature = args.pop("temperature")
     increment = args.pop("temperature_increment_on_fallback")
     temperatures = tuple(float(t) for t in np.arange(temperature, 1.0 + 1e-6, increment)) if increment else (temperature,)
     writer = get_writer(output_format, output_dir)
     writer_args = {option: args.pop(option) for option in _WORD_OPTIONS}
+    writer_args["output_name"] = args.pop("output_name")
 
     batch_size = args.pop("batch_size")
     if batch_size is not None:
-        return _run_batched(model, args, temperatures, batch_size, writer, writer_args, debug)
+        try:
+            return _run_batched(model, args, temperatures, batch_size, writer, writer_args, debug)
+        except ModelOutputError as e:  # the model, not a file: every file would fail the same way
+            print(f"{PROG}: error: {model_name}: {e}", file=sys.stderr)
+            return 1
     failed = 0
     for audio_path in args.pop("audio"):
         try:
@@ -273,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
+        except ModelOutputError as e:  # the model, not the file: the others would fail the same way
+            print(f"{PROG}: error: {model_name}: {e} (on {audio_path})", file=sys.stderr)
+            return 1
         except Exception as e:  # one bad file must not stop the others
             _fail(audio_path, e, debug)
             failed += 1

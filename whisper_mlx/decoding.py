@@ -227,6 +227,32 @@ def _verify(options: DecodingOptions) -> None:
         raise ValueError("length_penalty (alpha) should be a value between 0 and 1")
 
 
+TASKS = ("transcribe", "translate", "lang_id")
+
+
+def check_options(options: DecodingOptions, multilingual: bool, num_languages: int | None = None) -> None:
+    """Refuse a task or language the model cannot do, in one line: the task must be one of TASKS;
+    the language a code or name the tokenizer knows (within the model's first `num_languages`
+    when given); an English-only model transcribes English only (no other language, no
+    translation, no language identification)."""
+    from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+    if options.task not in TASKS:
+        raise ValueError(f"task {options.task!r} is not one of {', '.join(TASKS)}")
+    language = options.language
+    if language is not None:
+        code = language.lower() if isinstance(language, str) else None
+        code = code if code in LANGUAGES else TO_LANGUAGE_CODE.get(code or "")
+        if code is None:
+            raise ValueError(f"language {language!r} is not a language code or name Whisper knows")
+        if not multilingual and code != "en":
+            raise ValueError(f"language {language!r}: this model is English-only")
+        if multilingual and num_languages is not None and code not in list(LANGUAGES)[:num_languages]:
+            raise ValueError(f"language {language!r}: this model knows only the first {num_languages} languages")
+    if not multilingual and options.task != "transcribe":
+        raise ValueError(f"task {options.task!r}: this model is English-only and can only transcribe")
+
+
 def _initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_ctx: int, sample_len: int) -> tuple[int, ...]:
     sot_sequence = (
         tokenizer.sot_sequence_including_notimestamps if options.without_timestamps else tokenizer.sot_sequence
@@ -304,6 +330,7 @@ def decode(model: Whisper, mel: mx.array, options: DecodingOptions = DecodingOpt
     if kwargs:
         options = replace(options, **kwargs)
     _verify(options)
+    check_options(options, model.is_multilingual, model.num_languages)
     single = mel.ndim == 2
     if single:
         mel = mel[None]

@@ -66,7 +66,21 @@ def _preload_blas() -> None:
 
 _preload_blas()
 
-import mlx.core as mx  # noqa: E402  (must come after the BLAS preload)
+INSTALL_HINT = 'pip install "whisper-mlx[cpu]" (or "whisper-mlx[cuda]" for NVIDIA GPUs)'
+
+
+def _missing_mlx_backend(e: ImportError) -> bool:
+    """On Linux the `mlx` wheel holds no backend: `mlx-cpu` or `mlx-cuda` provides libmlx.so."""
+    return sys.platform == "linux" and ("libmlx" in str(e) or getattr(e, "name", None) in ("mlx", "mlx.core"))
+
+
+try:
+    import mlx.core as mx  # noqa: E402  (must come after the BLAS preload)
+except ImportError as e:
+    if not _missing_mlx_backend(e):
+        raise
+    raise ImportError(f"whisper-mlx needs MLX with a CPU or CUDA backend, not installed here: {INSTALL_HINT}"
+                      f" ({' '.join(str(e).split())})") from None
 
 
 def set_device(device: str | None) -> str:

@@ -3,20 +3,21 @@ clip ranges, word timestamps and hallucination skipping, on an MLX model."""
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import mlx.core as mx
 import numpy as np
 import tqdm
 
 from . import vad
-from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, _as_waveform, load_audio, load_mel,
-                    pad_or_trim)
-from .decoding import DecodingOptions, DecodingResult, decode, detect_language, embed_audio
-from .load import load_model
+from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, AudioError, _as_waveform, load_audio,
+                    load_mel, pad_or_trim)
+from .decoding import DecodingOptions, DecodingResult, check_options, decode, detect_language, embed_audio
+from .load import ModelOutputError, load_model
 from .model import Whisper
 from .timing import add_word_timestamps
 from .tokenizer import LANGUAGES, get_tokenizer
@@ -117,6 +118,9 @@ def transcribe(
         vad.require_onnxruntime()
     if model is None:
         model = _cached_model(path_or_hf_repo, dtype)
+    language, task = decode_options.get("language"), decode_options.get("task", "transcribe")
+    check_options(DecodingOptions(task=task, language=language), model.is_multilingual, model.num_languages)
+    clip_timestamps = parse_clip_timestamps(clip_timestamps)
     if batch_size is not None:
         from .batched import transcribe_batched
 
@@ -173,7 +177,9 @@ def transcribe(
 def needs_fallback(result: DecodingResult, compression_ratio_threshold: float | None, logprob_threshold: float | None,
                    no_speech_threshold: float | None) -> bool:
     """Whether a window's result should be decoded again at the next temperature: too
-    repetitive or too unlikely, unless it is silence (openai-whisper's rule)."""
+    repetitive or too unlikely, unless it is silence (openai-whisper's rule). A result no real
+    model computes (non-finite log probabilities) raises ModelOutputError (check_finite)."""
+    check_finite(result)
     if (
         no_speech_threshold is not None
         and result.no_speech_prob > no_speech_threshold
@@ -184,6 +190,16 @@ def needs_fallback(result: DecodingResult, compression_ratio_threshold: float | 
     if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
         return True  # too repetitive
     return logprob_threshold is not None and result.avg_logprob < logprob_threshold  # too unlikely
+
+
+def check_finite(result: DecodingResult) -> None:
+    """A real model's log probabilities are finite: NaN or infinity means weights that are
+    corrupt (random data behind an intact header) or not a Whisper model's. Said at the first
+    window, instead of failing later in the fallback's sampling ("Probabilities contain NaN")."""
+    decoded = bool(result.tokens) or result.language_probs is None  # not a language-id result
+    if decoded and not (np.isfinite(result.avg_logprob) and np.isfinite(result.no_speech_prob)):
+        raise ModelOutputError("the model's weights produce non-finite values (NaN or infinity): "
+                               "they are corrupt or not a Whisper model's")
 
 
 def decode_options_at(decode_options: dict, t: float) -> DecodingOptions:
@@ -286,6 +302,47 @@ def _decode_with_fallback(model, audio_features, decode_options, temperature, co
     return result
 
 
+def parse_clip_timestamps(clip_timestamps: str | Sequence[float]) -> list[float]:
+    """"start,end,start,end,..." seconds (or a list) as floats: each finite and >= 0, each clip's
+    end after its start (a last start without an end runs to the end of the audio); a ValueError
+    in one line otherwise."""
+    raw = clip_timestamps
+    if isinstance(raw, str):
+        try:
+            values = [float(t) for t in raw.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"clip_timestamps {raw!r}: expected comma-separated seconds") from None
+    else:
+        try:
+            values = [float(t) for t in raw]
+        except (TypeError, ValueError):
+            raise ValueError(f"clip_timestamps {raw!r}: expected a list of seconds") from None
+    for value in values:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"clip_timestamps {raw!r}: {value} is not a time in seconds (finite and >= 0)")
+    for start, end in zip(values[::2], values[1::2]):
+        if end <= start:
+            raise ValueError(f"clip_timestamps {raw!r}: the clip {start:g}-{end:g} s does not end after it starts")
+    return values
+
+
+def clip_frames(clip_timestamps: str | Sequence[float], content_frames: int, audio) -> list[tuple[int, int]]:
+    """The clips as (start, end) mel frames within the audio: ends past the end of the audio are
+    clamped to it; a clip that starts at or after the end is refused (AudioError naming the
+    audio), since nothing there could be transcribed (and the seek loop would never advance)."""
+    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in parse_clip_timestamps(clip_timestamps)] or [0]
+    if len(seek_points) % 2 == 1:
+        seek_points.append(content_frames)
+    clips = []
+    for start, end in zip(seek_points[::2], seek_points[1::2]):
+        if start >= content_frames:
+            name = str(audio) if isinstance(audio, (str, Path)) else "<array>"
+            raise AudioError(f"{name}: clip_timestamps: a clip starts at {start / FRAMES_PER_SECOND:g} s, at or "
+                             f"after the end of the audio ({content_frames / FRAMES_PER_SECOND:g} s)")
+        clips.append((start, min(end, content_frames)))
+    return clips
+
+
 def _word_anomaly_score(word: dict) -> float:
     probability = word.get("probability", 0.0)
     duration = word["end"] - word["start"]
@@ -345,14 +402,7 @@ def _transcribe(model: Whisper, audio, *, verbose, temperature, compression_rati
     task: str = decode_options.get("task", "transcribe")
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language, task=task)
 
-    if isinstance(clip_timestamps, str):
-        clip_timestamps = [float(ts) for ts in (clip_timestamps.split(",") if clip_timestamps else [])]
-    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps]
-    if not seek_points:
-        seek_points.append(0)
-    if len(seek_points) % 2 == 1:
-        seek_points.append(content_frames)
-    seek_clips = list(zip(seek_points[::2], seek_points[1::2]))
+    seek_clips = clip_frames(clip_timestamps, content_frames, audio)
 
     if word_timestamps and task == "translate":
         warnings.warn("Word-level timestamps on translations may not be reliable.")

@@ -10,9 +10,11 @@ import io
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, TextIO
+from urllib.parse import unquote, urlsplit
 
 OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json")
 
@@ -198,16 +200,39 @@ def _group_words(
 
 
 def output_path(output_dir: str, audio_path: str, extension: str) -> str:
-    """<output_dir>/<audio basename without extension>.<extension>, as openai-whisper names outputs."""
-    basename = os.path.splitext(os.path.basename(audio_path))[0]
-    return os.path.join(output_dir, f"{basename}.{extension}")
+    """<output_dir>/<audio basename without extension>.<extension>, as openai-whisper names outputs
+    (see `output_stem` for stdin and URLs)."""
+    return os.path.join(output_dir, f"{output_stem(audio_path)}.{extension}")
+
+
+def output_stem(audio_path: str) -> str:
+    """The outputs' base name for an audio argument: the file's name without its extension;
+    `stdin` for `-` (standard input); for a URL, the last part of its path (else its host)."""
+    if audio_path == "-":
+        return "stdin"
+    if "://" in audio_path:
+        url = urlsplit(audio_path)
+        audio_path = unquote(url.path.rstrip("/")) or url.hostname or "url"
+    return os.path.splitext(os.path.basename(audio_path))[0]
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a temporary file and a rename."""
+    """Write `text` (UTF-8) to `path` through a temporary file and a rename.
+
+    The file gets the permissions a plain `open(path, "w")` would give: an existing file keeps its
+    mode, a new one gets 0666 less the umask. A symlink stays a symlink: the file it points to
+    is replaced (its temporary file sits beside that file, so the rename stays atomic).
+    """
+    path = os.path.realpath(path) if os.path.islink(path) else path
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _create_beside(directory, os.path.basename(path))
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
@@ -219,6 +244,18 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _create_beside(directory: str, name: str) -> tuple[int, str]:
+    """A new, uniquely named temporary file in `directory`, created with mode 0666 so the kernel
+    applies the umask (tempfile.mkstemp creates 0600 files)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{directory}: no free temporary file name for {name}")
+
+
 def render(output_format: str, result: dict, options: Optional[dict] = None, **kwargs) -> str:
     """The text one format writes for `result`."""
     buffer = io.StringIO()
@@ -227,17 +264,21 @@ def render(output_format: str, result: dict, options: Optional[dict] = None, **k
 
 
 def get_writer(output_format: str, output_dir: str) -> Callable[..., list[str]]:
-    """A function `(result, audio_path, options=None, **kwargs)` writing the format(s); returns paths.
+    """A function `(result, audio_path, options=None, *, output_name=None, **kwargs)` writing the
+    format(s); returns paths.
 
     `output_format` is one of txt, vtt, srt, tsv, json or "all"; kwargs are the subtitle options
-    (highlight_words, max_line_width, max_line_count, max_words_per_line).
+    (highlight_words, max_line_width, max_line_count, max_words_per_line); `output_name` replaces
+    the base name taken from `audio_path`.
     """
     if output_format != "all" and output_format not in WRITERS:
         raise ValueError(f"unknown output format {output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}, all")
     formats = OUTPUT_FORMATS if output_format == "all" else (output_format,)
 
-    def write(result: dict, audio_path: str, options: Optional[dict] = None, **kwargs) -> list[str]:
-        rendered = [(output_path(output_dir, audio_path, fmt), render(fmt, result, options, **kwargs)) for fmt in formats]
+    def write(result: dict, audio_path: str, options: Optional[dict] = None, *, output_name: Optional[str] = None,
+              **kwargs) -> list[str]:
+        stem = output_stem(audio_path) if output_name is None else output_name
+        rendered = [(os.path.join(output_dir, f"{stem}.{fmt}"), render(fmt, result, options, **kwargs)) for fmt in formats]
         for path, text in rendered:
             write_atomic(path, text)
         return [path for path, _ in rendered]
