@@ -73,3 +73,22 @@ def test_language_names_and_errors():
     assert tokenizer.get_tokenizer(True, language="German").language == "de"
     with pytest.raises(ValueError, match="Unsupported language"):
         tokenizer.get_tokenizer(True, language="klingon")
+
+
+@pytest.mark.parametrize("dims", [
+    dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4, n_vocab=51864,
+         n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4),
+    dict(n_mels=128, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=2, n_vocab=51866,
+         n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=3),
+], ids=["tiny.en", "multilingual-128-mels"])
+def test_header_checks_expect_exactly_the_models_parameters(dims):
+    """load.weight_shapes (what a weights header is checked against before loading) names every
+    parameter of model.py's Whisper with its shape, and nothing else."""
+    from mlx.utils import tree_flatten
+
+    from whisper_mlx.load import weight_shapes
+    from whisper_mlx.model import ModelDimensions, Whisper
+
+    d = ModelDimensions(**dims)
+    params = {name: tuple(value.shape) for name, value in tree_flatten(Whisper(d).parameters())}
+    assert weight_shapes(d) == params
