@@ -18,7 +18,7 @@ CACHE = Path(os.environ.get("WHISPER_MLX_TEST_CACHE", ROOT / ".cache" / "tests")
 
 CONVERTER_CODE = ("zoo/__init__.py", "zoo/convert.py", "zoo/sources/*.py")
 """The code that turns a checkpoint into a model directory: a converted fixture is keyed by it."""
-RUNTIME_CODE = ("whisper_mlx/**/*.py", "csrc/*.c", "csrc/*.h", "csrc/*.cu")
+RUNTIME_CODE = ("whisper_mlx/**/*.py", "whisper_mlx/assets/*.cuh", "whisper_mlx/assets/*.h", "csrc/*.c", "csrc/*.h")
 """The code that turns a model directory and audio into a transcript: cached references are keyed by it."""
 
 

@@ -56,6 +56,9 @@ def test_gpu_references_are_keyed_by_the_runtime_code(tiny_en_fp32_dir, clips, t
     assert (tmp_path / "whisper_mlx" / "decoding.py").is_file() and (tmp_path / "csrc" / "cpu_kernels.c").is_file()
     monkeypatch.setattr(conftest, "ROOT", tmp_path)
     assert _reference_file("tiny.en", tiny_en_fp32_dir, paths) == (path, key)  # a copy of the same code
-    kernel = tmp_path / "csrc" / "cpu_kernels.c"
-    kernel.write_text(kernel.read_text() + "\n/* a change to the C kernels */\n")
-    assert _reference_file("tiny.en", tiny_en_fp32_dir, paths)[1] != key
+    keys = {key}
+    for changed in ("csrc/cpu_kernels.c", "whisper_mlx/assets/gelu_coeffs.h", "whisper_mlx/transcribe.py"):
+        f = tmp_path / changed
+        f.write_text(f.read_text() + "\n/* a change */\n")
+        keys.add(_reference_file("tiny.en", tiny_en_fp32_dir, paths)[1])
+    assert len(keys) == 4  # each change gives a new key
