@@ -278,31 +278,6 @@ def _suppressed(tokenizer: Tokenizer, suppress: str | Sequence[int] | None) -> t
     return tuple(sorted(set(ids)))
 
 
-def _initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_ctx: int, sample_len: int) -> tuple[int, ...]:
-    sot_sequence = (
-        tokenizer.sot_sequence_including_notimestamps if options.without_timestamps else tokenizer.sot_sequence
-    )
-    tokens = list(sot_sequence)
-    if prefix := options.prefix:
-        prefix_tokens = tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
-        tokens += prefix_tokens[-(n_ctx // 2 - sample_len) :]
-    if prompt := options.prompt:
-        prompt_tokens = tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
-        tokens = [tokenizer.sot_prev] + prompt_tokens[-(n_ctx // 2 - 1) :] + tokens
-    return tuple(tokens)
-
-
-def _suppressed(tokenizer: Tokenizer, suppress: str | Sequence[int] | None) -> tuple[int, ...]:
-    if isinstance(suppress, str):
-        suppress = [int(t) for t in suppress.split(",") if t.strip()]
-    ids = [t for t in (suppress or []) if t >= 0]
-    if suppress and -1 in suppress:
-        ids.extend(tokenizer.non_speech_tokens)
-    ids += [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm]
-    ids.append(tokenizer.no_speech)
-    return tuple(sorted(set(ids)))
-
-
 def logit_rules(tokenizer: Tokenizer, options: DecodingOptions, sample_begin: int, n_vocab: int,
                 n_audio_ctx: int) -> LogitRules:
     """The window's logit filters from the options (openai-whisper's SuppressBlank,
