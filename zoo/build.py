@@ -19,7 +19,16 @@ from typing import Callable
 from . import CONVERTER_VERSION, builddir
 from .convert import atomic_dir, build_model, model_config, write_model_dir
 from .manifest import Family, ManifestError, Variant, manifests_root, variants
-from .sources import Checkpoint, SourceError, describe, fingerprint, load_for_family, pick_source, sha256_file
+from .sources import (
+    Checkpoint,
+    SourceError,
+    describe,
+    fingerprint,
+    load_for_family,
+    pick_source,
+    recorded_pin,
+    sha256_file,
+)
 
 BUILT_FILES = builddir.HASHED_FILES
 
@@ -117,6 +126,7 @@ def write_variant(
     write_model_dir(model, config, target)
     del model
     evaluation = evaluate_dir(target)
+    evaluation["alignment_heads"] = {"heads": ckpt.alignment_heads, "from": ckpt.alignment_heads_from}
     card = render_card(variant, evaluation, ckpt.provenance, inputs["source_sha256"])
     (target / "README.md").write_text(card)
     (target / "eval.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False) + "\n")
@@ -153,28 +163,37 @@ def build_family(
 
     for v in family.variants:  # what killed builds of this family left, whatever this run does
         clean_stale(out, v.name)
-    sources = pick_source(family, offline_only)
+    # a Hub source the manifest leaves unpinned is read against what an earlier build into this
+    # output recorded (the fp32 sibling's record first)
+    records = [out / v.name for v in sorted(family.variants, key=lambda v: v.dtype != "float32" or v.quantization is not None)]
+    pins = {i: recorded_pin(s, records) for i, s in enumerate(family.sources) if s.kind == "transformers"}
+    sources = pick_source(family, offline_only, pins)
     if not sources:
         needs = "; ".join(describe(s) for s in family.sources)
         why = f"not buildable offline: every source needs the network ({needs})"
         return [Outcome(v.name, "offline-unavailable", None, why) for v in wanted]
     source = sources[0]
-    source_sha256 = fingerprint(source)
+    pin = pins.get(family.sources.index(source))
+    source_sha256 = fingerprint(source, pin)  # None: a Hub source pinned by nothing yet
     outcomes, todo = [], []
     for v in wanted:
         v_inputs = inputs_of(v, source_sha256)
-        if is_built(out / v.name, v_inputs):
+        if source_sha256 is not None and is_built(out / v.name, v_inputs):
             outcomes.append(Outcome(v.name, "up-to-date", stored_result(out / v.name), "inputs unchanged"))
         else:
             todo.append(v)
     if not todo:
         return outcomes
 
-    log(f"{family.family}: loading {describe(source)}")
-    ckpt = load_for_family(source, family)
+    log(f"{family.family}: loading {describe(source)}" + (f" ({pin.origin})" if pin else ""))
+    ckpt = load_for_family(source, family, pin)
+    if source_sha256 is None:
+        source_sha256 = ckpt.source_sha256
+        log(f"{family.family}: read {ckpt.provenance.get('repo')} at {ckpt.provenance.get('revision')} unpinned; "
+            "recorded in checksums.json and on the card")
     log(f"{family.family}: synthesizing {len(family.gates.clips)} gate clips")
     clips = make_clips(clips_dir, family.gates.clips)
-    log(f"{family.family}: openai-whisper reference transcripts")
+    log(f"{family.family}: {family.gates.reference} reference")
     reference = gates.reference_transcripts(ckpt, todo[0], clips)
 
     base = fp32_sibling(family, select(None, manifests_dir))
@@ -197,7 +216,7 @@ def build_family(
         def evaluate_dir(d: Path, v=v) -> dict:
             nonlocal fp32_measure
             log(f"{v.name}: gating {d}")
-            m = gates.measure(d, v, clips)
+            m = gates.measure(d, v, clips, reference)
             if v.name == base.name:
                 fp32_measure = m
             return gates.evaluate(v, clips, reference, m, fp32_measure)

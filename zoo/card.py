@@ -37,6 +37,16 @@ def precision(variant: Variant) -> str:
     return f"{variant.dtype} weights"
 
 
+def pinned(provenance: dict) -> str:
+    """Who pinned a Hub source's commit and digests, in the card's words."""
+    origin = provenance.get("pinned", "")
+    if origin == "manifest":
+        return "pinned by the manifest, every file verified against its sha256"
+    if origin.startswith("recorded"):
+        return f"unpinned in the manifest; {origin}, every file verified against it"
+    return "unpinned in the manifest: what this build downloaded, recorded here and in checksums.json"
+
+
 def render_card(variant: Variant, evaluation: dict, provenance: dict, source_sha256: str) -> str:
     """The README.md text for a variant given its eval.json contents and source provenance."""
     env = jinja2.Environment(
@@ -54,4 +64,8 @@ def render_card(variant: Variant, evaluation: dict, provenance: dict, source_sha
         precision=precision(variant),
         manifest_name=variant.manifest_path.name,
         converter_version=CONVERTER_VERSION,
+        openai=variant.family.base_model.startswith("openai/"),
+        pinned=pinned(provenance),
+        reference_engine=evaluation.get("reference", {}).get("engine", "openai-whisper"),
+        heads=evaluation.get("alignment_heads") or {"heads": variant.family.alignment_heads, "from": "the manifest"},
     )

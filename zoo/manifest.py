@@ -18,9 +18,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from .yamlfile import YamlFileError, load_yaml
 
@@ -32,6 +33,24 @@ DEFAULTS_FILE = "_defaults.yaml"  # in the manifests directory; files starting w
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _STRICT = ConfigDict(extra="forbid")
+UNPINNED = "unpinned"  # a Hub revision or digest that could not be looked up when the manifest was written
+HUB_REPO = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"  # a Hub repo id, org/name
+
+
+class _Additive(BaseModel):
+    """A model that grew fields after families were first built: each of `_added` is left out of
+    a dump while it holds its default, so a family that does not use it dumps (and digests) as it
+    did before, and nothing built from it goes stale."""
+
+    _added: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler):
+        data = handler(self)
+        for name in self._added:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
 
 class ManifestError(ValueError):
@@ -88,12 +107,49 @@ class CTranslate2Source(BaseModel):
 
 
 class TransformersSource(BaseModel):
-    """A Hugging Face transformers Whisper directory (safetensors)."""
+    """A Hugging Face transformers Whisper checkpoint: a Hub repo at a commit (`repo`, `revision`)
+    or a local directory (`path`), with the sha256 of each file read. For a Hub repo whose commit
+    or digests could not be looked up when the manifest was written, `revision: unpinned` /
+    `sha256: unpinned` say so: the first build records what it downloaded (checksums.json, the
+    card) and later builds into the same output verify against that record."""
 
     model_config = _STRICT
     kind: Literal["transformers"]
-    path: str
-    sha256: dict[str, Sha256] = {}
+    repo: str | None = Field(default=None, pattern=HUB_REPO)
+    revision: str | None = None
+    path: str | None = None
+    sha256: dict[str, Sha256] | Literal["unpinned"] = {}
+
+    @field_validator("revision")
+    @classmethod
+    def _commit(cls, revision: str | None) -> str | None:
+        if revision is not None and revision != UNPINNED and not re.fullmatch(r"[0-9a-f]{40}", revision):
+            raise ValueError(f"{revision!r} is not a commit sha (40 hex digits) nor {UNPINNED!r}: a branch or tag "
+                             "can move under a manifest")
+        return revision
+
+    @model_validator(mode="after")
+    def _located(self) -> "TransformersSource":
+        if (self.repo is None) == (self.path is None):
+            raise ValueError("give either repo (a Hub repo id) or path (a local directory)")
+        if self.repo is not None:
+            if self.revision is None:
+                raise ValueError(f"revision: missing for Hub repo {self.repo}: pin a commit sha (40 hex digits), "
+                                 f"or write {UNPINNED!r} where it cannot be looked up")
+            if self.sha256 == {}:
+                raise ValueError(f"sha256: missing for Hub repo {self.repo}: each file's digest, or {UNPINNED!r} "
+                                 "where they cannot be looked up")
+        else:
+            if self.revision is not None:
+                raise ValueError("revision: only a Hub repo (repo) has one, not a local path")
+            if self.sha256 == UNPINNED:
+                raise ValueError(f"sha256: {UNPINNED!r} is for Hub repos; leave it out for a local directory")
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the manifest pins both the commit and every digest (a Hub repo)."""
+        return self.revision != UNPINNED and isinstance(self.sha256, dict) and bool(self.sha256)
 
 
 Source = Annotated[
@@ -101,24 +157,36 @@ Source = Annotated[
 ]
 
 
-class Thresholds(BaseModel):
-    """Gate thresholds; None: not checked. WER values are percentage points."""
+class Thresholds(_Additive):
+    """Gate thresholds; None: not checked. WER values are percentage points; max_logit_diff is the
+    largest absolute difference from the reference's logits (fp32) over each clip's first window."""
 
     model_config = _STRICT
+    _added = ("max_logit_diff",)
     identical_to_reference: bool | None = None
     max_wer: float | None = Field(default=None, ge=0)
     max_wer_delta: float | None = Field(default=None, ge=0)
     max_rtf_ratio: float | None = Field(default=None, gt=0)
     max_memory_ratio: float | None = Field(default=None, gt=0)
+    max_logit_diff: float | None = Field(default=None, gt=0)
 
 
-class Gates(BaseModel):
-    """The gate clip set (ids in zoo/clips.yaml), how to transcribe it, and default thresholds."""
+# what a family's fp32 variant is compared with: openai-whisper on the same checkpoint (whole
+# clips), or, for models openai-whisper does not define (Distil-Whisper), transformers' PyTorch
+# implementation (greedy generation and logits over each clip's first 30 s window)
+REFERENCE_ENGINES = ("openai-whisper", "transformers")
+
+
+class Gates(_Additive):
+    """The gate clip set (ids in zoo/clips.yaml), how to transcribe it, the reference engine and
+    default thresholds."""
 
     model_config = _STRICT
+    _added = ("reference",)
     clips: list[str] = Field(min_length=1)
     condition_on_previous_text: bool = True
     thresholds: Thresholds = Thresholds()
+    reference: Literal["openai-whisper", "transformers"] = "openai-whisper"
 
 
 class Quantization(BaseModel):
@@ -182,7 +250,9 @@ class Family(BaseModel):
     base_model: str
     hub_org: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     dims: Dims
-    alignment_heads: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]]
+    # [decoder layer, head] pairs for word timing; a transformers checkpoint's own (its
+    # generation_config.json) come first, then these, then openai-whisper's default
+    alignment_heads: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]] | None = None
     sources: list[Source] = Field(min_length=1)
     gates: Gates
     variants: list[VariantSpec] = Field(min_length=1)
@@ -195,10 +265,11 @@ class Family(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Family":
-        multilingual = self.dims.n_vocab >= 51865
-        if multilingual != (self.language == "multilingual"):
+        # "multilingual" needs the multilingual vocabulary; "en" is an English-only model, on either
+        # vocabulary (Distil-Whisper large: English-only on large-v3's multilingual vocabulary)
+        if self.language == "multilingual" and self.dims.n_vocab < 51865:
             raise ValueError(f"language {self.language!r} contradicts dims.n_vocab {self.dims.n_vocab}")
-        for layer, head in self.alignment_heads:
+        for layer, head in self.alignment_heads or []:
             if layer >= self.dims.n_text_layer or head >= self.dims.n_text_head:
                 raise ValueError(f"alignment head [{layer}, {head}] is outside the decoder's layers/heads")
         for v in self.variants:

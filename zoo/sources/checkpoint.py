@@ -36,11 +36,39 @@ class Checkpoint:
     dims: dict[str, int]
     alignment_heads: list[list[int]] | None
     provenance: dict = field(default_factory=dict)
+    # where the checkpoint's own alignment heads were read (e.g. "generation_config.json"); the
+    # build settles the heads a variant gets (zoo.sources.settle_alignment_heads)
+    alignment_heads_from: str | None = None
+    # the directory the source's files were read from (a transformers checkpoint: what the
+    # transformers reference loads with from_pretrained); not part of the provenance
+    source_dir: Path | None = None
 
     @property
     def source_sha256(self) -> str:
         """One digest for the source files: the file's sha256, or a hash over all of them."""
         return combined_sha256(self.provenance.get("sha256", {}))
+
+
+HEADS_DEFAULT = "openai-whisper's default (every head of the decoder's second half)"
+
+
+def default_alignment_heads(n_text_layer: int, n_text_head: int) -> list[list[int]]:
+    """openai-whisper's heads for a model without its own: every head of the decoder's second half."""
+    return [[layer, head] for layer in range(n_text_layer // 2, n_text_layer) for head in range(n_text_head)]
+
+
+def alignment_heads_problem(heads, dims: dict[str, int]) -> str | None:
+    """Why `heads` cannot serve a decoder of these dims ([layer, head] pairs inside it), or None."""
+    if not isinstance(heads, list) or not heads:
+        return "not a non-empty list of [layer, head] pairs"
+    for pair in heads:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(type(i) is int for i in pair)):
+            return f"{pair!r} is not a [layer, head] pair"
+        layer, head = pair
+        if not (0 <= layer < dims["n_text_layer"] and 0 <= head < dims["n_text_head"]):
+            return (f"[{layer}, {head}] is outside the decoder ({dims['n_text_layer']} layers of "
+                    f"{dims['n_text_head']} heads)")
+    return None
 
 
 def combined_sha256(file_hashes: dict[str, str]) -> str:
@@ -113,3 +141,54 @@ def dims_from_state_dict(sd: dict[str, np.ndarray], n_audio_head: int, n_text_he
         "n_text_head": int(n_text_head),
         "n_text_layer": n_text_layer,
     }
+
+
+def _block_shapes(prefix: str, n: int, cross: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for attn in ("attn", "cross_attn") if cross else ("attn",):
+        for proj in ("query", "key", "value", "out"):
+            shapes[f"{prefix}.{attn}.{proj}.weight"] = (n, n)
+            if proj != "key":  # openai-whisper's key projections have no bias
+                shapes[f"{prefix}.{attn}.{proj}.bias"] = (n,)
+        shapes[f"{prefix}.{attn}_ln.weight"] = shapes[f"{prefix}.{attn}_ln.bias"] = (n,)
+    shapes[f"{prefix}.mlp.0.weight"], shapes[f"{prefix}.mlp.0.bias"] = (4 * n, n), (4 * n,)
+    shapes[f"{prefix}.mlp.2.weight"], shapes[f"{prefix}.mlp.2.bias"] = (n, 4 * n), (n,)
+    shapes[f"{prefix}.mlp_ln.weight"] = shapes[f"{prefix}.mlp_ln.bias"] = (n,)
+    return shapes
+
+
+def state_dict_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an openai-whisper state dict with these dims, and its shape (PyTorch
+    layout: convolutions (out, in, kernel))."""
+    a, t = dims["n_audio_state"], dims["n_text_state"]
+    shapes = {
+        "encoder.conv1.weight": (a, dims["n_mels"], 3), "encoder.conv1.bias": (a,),
+        "encoder.conv2.weight": (a, a, 3), "encoder.conv2.bias": (a,),
+        "encoder.positional_embedding": (dims["n_audio_ctx"], a),
+    }
+    for i in range(dims["n_audio_layer"]):
+        shapes.update(_block_shapes(f"encoder.blocks.{i}", a, cross=False))
+    shapes["encoder.ln_post.weight"] = shapes["encoder.ln_post.bias"] = (a,)
+    shapes["decoder.token_embedding.weight"] = (dims["n_vocab"], t)
+    shapes["decoder.positional_embedding"] = (dims["n_text_ctx"], t)
+    for i in range(dims["n_text_layer"]):
+        shapes.update(_block_shapes(f"decoder.blocks.{i}", t, cross=True))
+    shapes["decoder.ln.weight"] = shapes["decoder.ln.bias"] = (t,)
+    return shapes
+
+
+def state_dict_problem(sd: dict[str, np.ndarray], dims: dict[str, int], name=lambda n: n) -> str | None:
+    """The first problem of a state dict against its dims (a missing, unexpected or misshapen
+    tensor, named through `name`, e.g. the source's own naming), or None."""
+    expected = state_dict_shapes(dims)
+    missing = [n for n in expected if n not in sd]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return f"missing tensor {name(missing[0])}{more}"
+    extra = [n for n in sd if n not in expected]
+    if extra:
+        return f"unexpected tensor {name(extra[0])} (not part of openai-whisper's architecture)"
+    for n, shape in expected.items():
+        if tuple(sd[n].shape) != shape:
+            return f"tensor {name(n)} has shape {tuple(sd[n].shape)}, the config's dims give {shape}"
+    return None
