@@ -213,7 +213,7 @@ def test_list_and_bad_names(env):
     r = subprocess.run([sys.executable, "-m", "tools.build", "--list"],
                        capture_output=True, text=True, cwd=ROOT)
     names = [line.split("\t")[0] for line in r.stdout.splitlines()]
-    assert r.returncode == 0 and len(names) == 48 and "large-v3-turbo-4bit" in names
+    assert r.returncode == 0 and len(names) == 64 and "large-v3-turbo-4bit" in names and "distil-small.en-4bit" in names
     assert "tiny.en-fp32\twhisper-mlx/whisper-tiny.en-fp32\tfloat32\t-\topenai+ctranslate2" in r.stdout
     assert "small.en-4bit\twhisper-mlx/whisper-small.en-4bit\tfloat16\t4bit/g64\topenai" in r.stdout
     r = _run(env, "tiny.en-3bit", "--out", "unused")

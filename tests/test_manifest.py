@@ -22,15 +22,17 @@ from zoo.manifest import (
     variants,
 )
 
-FAMILIES = ["tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
-            "large-v1", "large-v2", "large-v3", "large-v3-turbo"]
+OPENAI_FAMILIES = ["tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+                   "large-v1", "large-v2", "large-v3", "large-v3-turbo"]
+DISTIL_FAMILIES = ["distil-large-v3", "distil-large-v3.5", "distil-medium.en", "distil-small.en"]
+FAMILIES = OPENAI_FAMILIES + DISTIL_FAMILIES
 
 
 def test_real_manifests_cover_every_family_and_variant():
     families = load_manifests()
     assert sorted(f.family for f in families) == sorted(FAMILIES)
     names = [v.name for v in variants()]
-    assert len(names) == 48 == len(set(names))
+    assert len(names) == 64 == len(set(names))
     for family in FAMILIES:
         for suffix in ("fp16", "fp32", "8bit", "4bit"):
             v = find_variant(f"{family}-{suffix}")
@@ -40,7 +42,7 @@ def test_real_manifests_cover_every_family_and_variant():
             }[suffix]
             if v.q_bits:
                 assert v.q_group_size == 64
-    assert len({v.repo_id for v in variants()}) == 48
+    assert len({v.repo_id for v in variants()}) == 64
 
 
 def test_manifests_agree_with_openai_whisper():
@@ -48,6 +50,8 @@ def test_manifests_agree_with_openai_whisper():
     import whisper
 
     for family in load_manifests():
+        if family.family not in OPENAI_FAMILIES:
+            continue
         openai = next(s for s in family.sources if s.kind == "openai")
         assert openai.url == whisper._MODELS[family.family]
         assert openai.sha256 == openai.url.split("/")[-2]
@@ -55,6 +59,61 @@ def test_manifests_agree_with_openai_whisper():
         mask = mask.reshape(family.dims.n_text_layer, family.dims.n_text_head)
         assert [list(map(int, x)) for x in np.argwhere(mask)] == family.alignment_heads
         assert (family.language == "en") == family.family.endswith(".en")
+
+
+def test_distil_families_are_their_parents_with_a_two_layer_decoder():
+    """Issue 18 point 3: each Distil-Whisper family has its parent's encoder dims and vocabulary
+    with 2 decoder layers, reads the distil repo from the Hub (unpinned, said explicitly: the Hub
+    cannot be reached where the manifests were written), names that repo as base_model, and is
+    gated against transformers: the fp32 variant's logits within 1e-4 and greedy tokens identical,
+    the quantized ones by WER delta against the fp32 sibling."""
+    parents = {"distil-large-v3": "large-v3", "distil-large-v3.5": "large-v3", "distil-medium.en": "medium.en",
+               "distil-small.en": "small.en"}
+    families = {f.family: f for f in load_manifests()}
+    for name, parent in parents.items():
+        family, dims = families[name], families[parent].dims.model_dump()
+        assert family.dims.model_dump() == {**dims, "n_text_layer": 2}, name
+        assert family.language == "en" and family.alignment_heads is None
+        assert family.base_model == f"distil-whisper/{name}"
+        [source] = family.sources
+        assert (source.kind, source.repo, source.revision, source.sha256) == (
+            "transformers", f"distil-whisper/{name}", "unpinned", "unpinned")
+        assert family.gates.reference == "transformers"
+        by_suffix = {v.suffix: v for v in variants() if v.family.family == name}
+        assert list(by_suffix) == ["fp16", "fp32", "8bit", "4bit"]
+        assert by_suffix["fp32"].thresholds.max_logit_diff == 1e-4
+        assert by_suffix["fp32"].thresholds.identical_to_reference is True
+        assert by_suffix["4bit"].thresholds.max_wer_delta == 3.0 and by_suffix["8bit"].thresholds.max_wer_delta == 1.0
+        assert by_suffix["4bit"].thresholds.max_logit_diff is None
+    # the large ones are English-only models on large-v3's multilingual vocabulary
+    assert families["distil-large-v3"].dims.n_vocab == 51866
+
+
+def test_fields_added_later_leave_old_dumps_alone(tmp_path):
+    """The gates' reference and max_logit_diff are left out of a dump while at their defaults, so
+    the families that do not use them keep their digests (their builds stay current)."""
+    family = next(f for f in load_manifests() if f.family == "tiny.en")
+    dumped = family.model_dump(mode="json")
+    assert "reference" not in dumped["gates"] and "max_logit_diff" not in dumped["gates"]["thresholds"]
+    distil = next(f for f in load_manifests() if f.family == "distil-small.en").model_dump(mode="json")
+    assert distil["gates"]["reference"] == "transformers"
+    assert distil["variants"][1]["gates"]["max_logit_diff"] == 1e-4
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("revision"), r"revision: missing for Hub repo distil-whisper/distil-small\.en: pin a commit sha"),
+    (lambda s: s.update(revision="main"), r"'main' is not a commit sha \(40 hex digits\) nor 'unpinned'"),
+    (lambda s: s.pop("sha256"), r"sha256: missing for Hub repo distil-whisper/distil-small\.en"),
+    (lambda s: s.update(path="/models/x"), r"give either repo \(a Hub repo id\) or path"),
+    (lambda s: s.update(repo="not a repo"), r"sources\.0\.transformers\.repo: String should match pattern"),
+    (lambda s: s.update(sha256={"config.json": "abc"}), r"sources\.0\.transformers\.sha256"),
+])
+def test_transformers_source_is_validated(tmp_path, change, message):
+    d = _copy(tmp_path, "distil-small.en")
+    _edit(d / "distil-small.en.yaml", lambda x: change(x["sources"][0]))
+    with pytest.raises(ManifestError, match=message) as e:
+        load_manifests(d)
+    assert str(e.value).startswith(f"{d / 'distil-small.en.yaml'}: sources.0") and "\n" not in str(e.value)
 
 
 def test_gate_thresholds_per_variant_override_family_defaults():

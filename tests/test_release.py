@@ -34,7 +34,8 @@ def test_matrix_is_one_job_per_family_as_the_manifests_say():
     assert list(rows) == [f.family for f in load_manifests()]
     for family, names in _variants_by_family().items():
         assert rows[family]["variants"].split() == names
-    apple = {"medium", "medium.en", "large-v1", "large-v2", "large-v3", "large-v3-turbo"}
+    apple = {"medium", "medium.en", "large-v1", "large-v2", "large-v3", "large-v3-turbo",
+             "distil-medium.en", "distil-large-v3", "distil-large-v3.5"}
     for family, row in rows.items():
         expected = ("macos-14-xlarge", 360) if family in apple else ("ubuntu-24.04", 180)
         assert (row["runner"], row["timeout_minutes"]) == expected, family

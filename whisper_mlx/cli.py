@@ -68,9 +68,20 @@ def version_line() -> str:
     return f"{PROG} {__version__} (mlx {info['mlx']}, device {info['device']}, BLAS {info['blas']})"
 
 
-def doctor() -> str:
-    """`whisper-mlx doctor`: the runtime's backend report, one `key: value` per line."""
-    return "\n".join(f"{key}: {value}" for key, value in runtime.report().items())
+def doctor(model_name: str | None = None) -> str:
+    """`whisper-mlx doctor [--model M]`: the runtime's backend report, one `key: value` per line;
+    with a model, the backend that runs it here and why (e.g. the MLX graph where a fast path
+    cannot take the model)."""
+    report = runtime.report()
+    if model_name is not None:
+        from . import backends
+
+        model = load_model(model_name)
+        d = model.dims
+        report["model"] = (f"{model_name} ({d.n_mels} mel bins, {d.n_text_layer} decoder layers, "
+                           f"{d.n_audio_layer} encoder layers, width {d.n_audio_state})")
+        report["model backend"] = f"{backends.backend_for(model).name} ({backends.reason_for(model)})"
+    return "\n".join(f"{key}: {value}" for key, value in report.items())
 
 
 class _Version(argparse.Action):
@@ -240,8 +251,16 @@ def _fail(target: str, e: BaseException, debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 a file or the model failed, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv in (["doctor"], ["--doctor"]):
-        print(doctor())
+    if argv[:1] in (["doctor"], ["--doctor"]):
+        rest = argv[1:]
+        if rest and (len(rest) != 2 or rest[0] != "--model"):
+            print(f"{PROG}: error: usage: {PROG} doctor [--model MODEL]", file=sys.stderr)
+            return 2
+        try:
+            print(doctor(rest[1] if rest else None))
+        except ModelLoadError as e:
+            _fail(rest[1], e, debug=False)
+            return 1
         return 0
     if argv[:1] == ["serve"]:
         from .server import main as serve

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import backends, runtime
 from .audio import N_FRAMES
-from .model import ModelDimensions, Whisper
+from .model import ModelDimensions, Whisper, sinusoids
 from .tokenizer import LANGUAGES, get_encoding
 
 _DTYPES = {"float16": mx.float16, "float32": mx.float32, "bfloat16": mx.bfloat16}
@@ -254,11 +254,51 @@ def _npz_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return out
 
 
+# ---- mlx-whisper's layout (mlx-community's published models) ---------------------------------
+
+def weights_format(names) -> str:
+    """Which layout a weights file's tensor names follow: "whisper-mlx" (docs/FORMAT.md:
+    openai-whisper's names) or "mlx-whisper" (mlx-whisper's, as mlx-community publishes: the MLP
+    layers named mlp1/mlp2, no encoder.positional_embedding, the alignment heads as an integer
+    tensor `alignment_heads` when the converter set them)."""
+    return "mlx-whisper" if any(".mlp1." in n for n in names) else "whisper-mlx"
+
+
+def from_mlx_whisper(name: str) -> str:
+    """The openai-whisper name of an mlx-whisper tensor name."""
+    return name.replace(".mlp1.", ".mlp.0.").replace(".mlp2.", ".mlp.2.")
+
+
+def _mlx_whisper_header(path: Path, header: dict, dims: ModelDimensions) -> dict:
+    """An mlx-whisper file's header as the tensors it loads as: openai-whisper's names, the
+    encoder's sinusoids (computed), without the alignment heads (checked here: [n, 2] integers)."""
+    out = {from_mlx_whisper(k): v for k, v in header.items() if k != "alignment_heads"}
+    if "alignment_heads" in header:
+        dtype, shape = header["alignment_heads"]
+        if dtype[0] not in "IU" or len(shape) != 2 or shape[1] != 2:
+            raise ModelLoadError(f"{path}: tensor alignment_heads is {dtype} {shape}, not [layer, head] integer rows")
+    out.setdefault("encoder.positional_embedding", ("F32", (dims.n_audio_ctx, dims.n_audio_state)))
+    return out
+
+
+def _from_mlx_whisper_weights(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """mlx-whisper's tensors in openai-whisper's names, with the encoder's sinusoids added
+    (`alignment_heads` stays, for load_model)."""
+    weights = {from_mlx_whisper(k): v for k, v in weights.items()}
+    conv1 = weights.get("encoder.conv1.weight")
+    if conv1 is not None and "encoder.positional_embedding" not in weights:
+        weights["encoder.positional_embedding"] = mx.array(sinusoids(N_AUDIO_CTX, conv1.shape[0]))
+    return weights
+
+
 def check_weights(path: Path, config: dict, dims: ModelDimensions) -> None:
     """The weights file holds exactly the tensors config.json's dims and quantization describe,
     in those shapes (read from its header, before anything is loaded); else one line naming the
-    file, the tensor and the dims field it contradicts."""
+    file, the tensor and the dims field it contradicts. An mlx-whisper file is checked as the
+    tensors it loads as (`_mlx_whisper_header`)."""
     header = safetensors_header(path) if path.suffix == ".safetensors" else _npz_header(path)
+    if weights_format(header) == "mlx-whisper":
+        header = _mlx_whisper_header(path, header, dims)
     symbolic = _symbolic_shapes(dims)
     quant = config.get("quantization") or None
     problem = "weights do not match config.json"
@@ -308,16 +348,20 @@ def read_weights(model_dir: Path, config: dict | None = None, dims: ModelDimensi
                  ) -> dict[str, mx.array]:
     """Load weights.safetensors (or the legacy weights.npz); a truncated file is a clear error.
     Given config.json's contents and dims, the file's header is checked against them first
-    (`check_weights`), so nothing is loaded from a file that does not match."""
+    (`check_weights`), so nothing is loaded from a file that does not match. A file written by
+    mlx-whisper (`weights_format`) comes back in openai-whisper's names, with the encoder's
+    positional embedding (openai-whisper's sinusoids, which mlx-whisper computes instead of
+    storing) and its `alignment_heads` tensor, if any."""
     path = weights_path(model_dir)
     if dims is not None:
         check_weights(path, config or {}, dims)
     elif path.suffix == ".safetensors":
         safetensors_header(path)
     try:
-        return dict(mx.load(str(path)))
+        weights = dict(mx.load(str(path)))
     except Exception as e:  # mlx raises RuntimeError/ValueError with terse text
         raise ModelLoadError(f"{path}: cannot read weights ({e}); the file may be truncated") from None
+    return _from_mlx_whisper_weights(weights) if weights_format(weights) == "mlx-whisper" else weights
 
 
 def layer_quantization(quant: dict, path: str) -> dict:
@@ -362,6 +406,7 @@ def load_model(
     model_dir = resolve(path_or_hf_repo, revision=revision)
     config, dims = read_config(model_dir)
     weights = read_weights(model_dir, config, dims)
+    stored_heads = weights.pop("alignment_heads", None)  # mlx-whisper keeps its heads among the weights
     quant = config.get("quantization") or None
     if isinstance(dtype, str):
         dtype = _DTYPES[dtype]
@@ -385,6 +430,10 @@ def load_model(
     except ValueError as e:
         raise ModelLoadError(f"{model_dir / 'weights.safetensors'}: weights do not match config.json ({e})") from None
     heads = config.get("alignment_heads")
+    if not heads and stored_heads is not None:
+        heads = stored_heads.tolist()
+        if problem := check_alignment_heads(heads, dims):
+            raise ModelLoadError(f"{weights_path(model_dir)}: tensor alignment_heads: {problem.removeprefix('field ')}")
     if heads:
         model.alignment_heads = [(int(layer), int(head)) for layer, head in heads]
     model.eval()

@@ -171,3 +171,34 @@ def convert_pt(
     check_params(dtype, q_bits, q_group_size)
     ckpt = pt.load(pt_path)
     return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=Path(pt_path).stem)
+
+
+def convert_transformers(
+    name_or_path: str,
+    out_dir: Path,
+    dtype: str = "float16",
+    q_bits: int | None = None,
+    q_group_size: int = 64,
+    revision: str | None = None,
+    sha256: dict[str, str] | None = None,
+) -> Path:
+    """Convert a transformers Whisper checkpoint: a local directory, or a Hub repo id at `revision`
+    (default: main) through huggingface_hub's cache. `sha256` (file name -> digest) is checked for
+    the files it lists; a pickled checkpoint (pytorch_model.bin) is read only when listed there.
+    Alignment heads: the checkpoint's generation_config.json's where they fit, else
+    openai-whisper's default."""
+    from .sources import Pin, settle_alignment_heads, transformers
+
+    check_params(dtype, q_bits, q_group_size)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ConvertError(f"revision: {name_or_path} is a local directory, not a Hub repo")
+        ckpt = transformers.load(path, sha256)
+        name = path.resolve().name
+    else:
+        ckpt = transformers.load_hub(name_or_path, Pin(revision, sha256, "command line", complete=False))
+        name = name_or_path.rsplit("/", 1)[-1]
+    settle_alignment_heads(ckpt, None)
+    source = {k: ckpt.provenance[k] for k in ("kind", "location", "revision", "alignment_heads_from") if k in ckpt.provenance}
+    return convert(ckpt, out_dir, dtype, q_bits, q_group_size, name=name, extra_config={"source": source})

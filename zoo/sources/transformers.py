@@ -137,7 +137,10 @@ class Pin:
 
     revision: str | None
     sha256: dict[str, str] | None
-    origin: str  # "manifest", "recorded by ...", or "unpinned"
+    origin: str  # "manifest", "recorded by ...", "unpinned", or who else gave them
+    # every file read must have a digest here (a manifest's or a record's pin); False: the ones
+    # listed are checked (a pickle must be listed), the others recorded
+    complete: bool = True
 
 
 class _LocalFiles:
@@ -163,7 +166,8 @@ class _HubFiles:
 
     def __init__(self, repo: str, revision: str | None, local_only: bool = False):
         self.repo, self.requested, self.local_only = repo, revision or "main", local_only
-        self.revision: str | None = revision  # the commit, once known
+        # the commit, once known (a branch or tag given resolves at the first file read)
+        self.revision = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
 
     @property
     def where(self) -> str:
@@ -372,7 +376,7 @@ def load_hub(repo: str, pin: Pin) -> Checkpoint:
     """Download (or reuse the cached) checkpoint of a Hub repo at the pin's commit and read it
     against the pin's digests (all of them, when pinned)."""
     files = _HubFiles(repo, pin.revision)
-    complete = pin.sha256 is not None
+    complete = pin.sha256 is not None and pin.complete
     ckpt = read(files, pin.sha256, complete, provenance={"kind": KIND, "location": repo, "repo": repo})
     ckpt.provenance.update(revision=files.revision, pinned=pin.origin)
     return ckpt
