@@ -275,7 +275,7 @@ def transformers_model(ckpt: Checkpoint):
     return model.float().eval()
 
 
-def _generation_config(tokenizer, rules, multilingual: bool, sample_len: int):
+def _generation_config(tokenizer, rules, multilingual: bool, sample_len: int, prompt: tuple):
     """transformers' GenerationConfig for openai-whisper's greedy decoding without timestamps:
     the same prompt and the same suppressed tokens (`rules`, whisper_mlx's description of them)."""
     from transformers import GenerationConfig
@@ -285,7 +285,7 @@ def _generation_config(tokenizer, rules, multilingual: bool, sample_len: int):
         bos_token_id=tokenizer.eot, no_timestamps_token_id=tokenizer.no_timestamps,
         suppress_tokens=list(rules.suppress), begin_suppress_tokens=list(rules.blank),
         is_multilingual=multilingual, return_timestamps=False, do_sample=False, num_beams=1,
-        max_new_tokens=sample_len, max_length=None,
+        max_new_tokens=sample_len, max_length=len(prompt) + sample_len,
     )
     if multilingual:
         config.lang_to_id = {f"<|{code}|>": token for code, token in
@@ -331,10 +331,13 @@ def transformers_reference(
     missing = {i: c for i, c in clips.items() if key(c) not in stored}
     if missing:
         import torch
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()  # its notes on deprecated generation arguments are not ours
 
         for clip in missing.values():
             options, tokenizer, initial, rules, sample_len, mel = setup(clip)
-            config = _generation_config(tokenizer, rules, multilingual, sample_len)
+            config = _generation_config(tokenizer, rules, multilingual, sample_len, initial)
             kwargs = {"language": options.language, "task": options.task} if multilingual else {}
             with torch.no_grad():
                 out = model().generate(torch.from_numpy(mel), generation_config=config, **kwargs)
