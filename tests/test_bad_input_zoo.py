@@ -41,6 +41,10 @@ NOT_YAML = {"m/_defaults.yaml": DEFAULTS, "m/tiny.en.yaml": "family: [tiny.en\n"
 NO_DEFAULTS = {"m/tiny.en.yaml": TINY_EN}
 BAD_FIELD = {"m/_defaults.yaml": DEFAULTS, "m/tiny.en.yaml": TINY_EN.replace("n_mels: 80", "n_mels: eighty")}
 
+WHISPER_CONFIG = ('{"model_type": "whisper", "num_mel_bins": 80, "max_source_positions": 1500, "d_model": 64, '
+                  '"encoder_attention_heads": 4, "encoder_layers": 2, "vocab_size": 51864, "max_target_positions": 64, '
+                  '"decoder_attention_heads": 4, "decoder_layers": 2, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256}')
+
 ROWS = [
     # python -m tools.build
     Row("build-unknown-variant", "tools.build", ("tiny.en-3bit", "--manifests", "{d}/m", "--out", "{d}/out"),
@@ -86,6 +90,22 @@ ROWS = [
         r"^python -m tools\.convert: error: argument --dtype: invalid choice: 'float8'"),
     Row("convert-missing-pt", "tools.convert", ("--torch-name-or-path", "{d}/gone.pt", "--mlx-path", "{d}/out"),
         r"{d}/gone\.pt", status=1),
+    # python -m tools.convert on transformers checkpoints (issue 18)
+    Row("convert-revision-for-a-family", "tools.convert",
+        ("--torch-name-or-path", "tiny.en", "--revision", "main", "--mlx-path", "{d}/out"),
+        r"--revision: for a transformers checkpoint \(a directory or a Hub repo id\), not 'tiny\.en'$", status=1),
+    Row("convert-malformed-sha256", "tools.convert",
+        ("--torch-name-or-path", "{d}/hf", "--sha256", "config.json=abc", "--mlx-path", "{d}/out"),
+        r"argument --sha256: expected FILE=SHA256 \(64 hex digits\), got 'config\.json=abc'"),
+    Row("convert-not-whisper", "tools.convert", ("--torch-name-or-path", "{d}/hf", "--mlx-path", "{d}/out"),
+        r"^error: {d}/hf: config\.json: model_type is 'bert', not 'whisper' \(not a Whisper checkpoint\)$",
+        status=1, files={"hf/config.json": '{"model_type": "bert"}'}),
+    Row("convert-unpinned-pickle", "tools.convert", ("--torch-name-or-path", "{d}/hf", "--mlx-path", "{d}/out"),
+        r"^error: {d}/hf: pytorch_model\.bin: a pickle is unpickled only after its sha256 matched a pinned digest",
+        status=1, files={"hf/config.json": WHISPER_CONFIG, "hf/pytorch_model.bin": "not unpickled"}),
+    Row("convert-hf-dir-without-weights", "tools.convert", ("--torch-name-or-path", "{d}/hf", "--mlx-path", "{d}/out"),
+        r"^error: {d}/hf: no weights \(model\.safetensors\.index\.json, model\.safetensors", status=1,
+        files={"hf/config.json": WHISPER_CONFIG}),
 ]
 
 

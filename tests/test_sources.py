@@ -224,17 +224,21 @@ def _write_hf(ckpt, out: Path) -> None:
     out.mkdir()
     weights = {transformers.openai_to_hf(k): mx.array(v) for k, v in ckpt.state_dict.items()}
     weights["proj_out.weight"] = weights["model.decoder.embed_tokens.weight"]
-    half = len(weights) // 2  # sharded like large HF checkpoints
+    half = len(weights) // 2  # sharded like large HF checkpoints, with transformers' index
     items = sorted(weights.items())
-    mx.save_safetensors(str(out / "model-00001-of-00002.safetensors"), dict(items[:half]))
-    mx.save_safetensors(str(out / "model-00002-of-00002.safetensors"), dict(items[half:]))
+    shards = {"model-00001-of-00002.safetensors": dict(items[:half]), "model-00002-of-00002.safetensors": dict(items[half:])}
+    for name, part in shards.items():
+        mx.save_safetensors(str(out / name), part)
+    weight_map = {tensor: name for name, part in shards.items() for tensor in part}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     d = ckpt.dims
     config = {
         "model_type": "whisper", "num_mel_bins": d["n_mels"], "max_source_positions": d["n_audio_ctx"],
         "d_model": d["n_audio_state"], "encoder_attention_heads": d["n_audio_head"],
         "encoder_layers": d["n_audio_layer"], "vocab_size": d["n_vocab"],
         "max_target_positions": d["n_text_ctx"], "decoder_attention_heads": d["n_text_head"],
-        "decoder_layers": d["n_text_layer"],
+        "decoder_layers": d["n_text_layer"], "encoder_ffn_dim": 4 * d["n_audio_state"],
+        "decoder_ffn_dim": 4 * d["n_text_state"],
     }
     (out / "config.json").write_text(json.dumps(config))
     (out / "generation_config.json").write_text(json.dumps({"alignment_heads": ckpt.alignment_heads}))
@@ -251,8 +255,11 @@ def test_transformers_directory_round_trip(tiny_en, tmp_path):
     assert ckpt.alignment_heads == tiny_en.alignment_heads
     assert sorted(ckpt.state_dict) == sorted(tiny_en.state_dict)
     assert all(np.array_equal(ckpt.state_dict[k], v) for k, v in tiny_en.state_dict.items())
-    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "whisper"}')
     with pytest.raises(SourceError, match=r"config\.json: missing field 'num_mel_bins'"):
+        transformers.load(tmp_path / "hf")
+    (tmp_path / "hf" / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(SourceError, match=r"hf/model-00002-of-00002\.safetensors: missing"):
         transformers.load(tmp_path / "hf")
 
 

@@ -216,10 +216,10 @@ class _HubFiles:
         return path
 
 
-def locate(files) -> dict[str, Path]:
+def locate(files, config: Path | None = None) -> dict[str, Path]:
     """The files a checkpoint is read from, in reading order: config.json, generation_config.json
     (if any), then the weights (an index first, then its shards)."""
-    found = {CONFIG: files.get(CONFIG, required=True)}
+    found = {CONFIG: config or files.get(CONFIG, required=True)}
     if (gen := files.get(GENERATION_CONFIG)) is not None:
         found[GENERATION_CONFIG] = gen
     for name in WEIGHTS:
@@ -285,11 +285,11 @@ def _read_pickle(path: Path, where: str) -> dict[str, np.ndarray]:
 def read(files, expected: dict[str, str] | None, complete: bool, provenance: dict) -> Checkpoint:
     """Read a checkpoint through `files` (local or Hub). `expected`: file name -> sha256 to
     check; `complete`: every file read must be listed there (a pinned source)."""
-    found = locate(files)
     where = files.where
     expected = expected or {}
     hashes: dict[str, str] = {}
-    for name, path in found.items():
+
+    def verify(name: str, path: Path) -> None:
         digest = sha256_file(path)
         want = expected.get(name)
         if want is not None and digest != want:
@@ -300,18 +300,26 @@ def read(files, expected: dict[str, str] | None, complete: bool, provenance: dic
             raise SourceError(f"{where}: {name}: a pickle is unpickled only after its sha256 matched a pinned digest; "
                               f"check this file and pin its sha256 {digest}")
         hashes[name] = digest
-    unread = sorted(set(expected) - set(found))
-    if unread and complete:
-        raise SourceError(f"{where}: {unread[0]}: pinned but not read (not in the checkpoint, or another weights "
-                          f"file takes precedence: {', '.join(n for n in found if n not in (CONFIG, GENERATION_CONFIG))})")
 
+    # config.json first: a checkpoint that is not Whisper's is refused before its weights are fetched
+    config_path = files.get(CONFIG, required=True)
+    verify(CONFIG, config_path)
     try:
-        config = json.loads(found[CONFIG].read_text())
+        config = json.loads(config_path.read_text())
     except (UnicodeDecodeError, ValueError) as e:
         raise SourceError(f"{where}: {CONFIG}: not valid JSON ({e})") from None
     if (problem := config_problem(config)) is not None:
         raise SourceError(f"{where}: {CONFIG}: {problem}")
     dims = dims_from_config(config)
+
+    found = locate(files, config_path)
+    for name, path in found.items():
+        if name != CONFIG:
+            verify(name, path)
+    unread = sorted(set(expected) - set(found))
+    if unread and complete:
+        raise SourceError(f"{where}: {unread[0]}: pinned but not read (not in the checkpoint, or another weights "
+                          f"file takes precedence: {', '.join(n for n in found if n not in (CONFIG, GENERATION_CONFIG))})")
 
     heads = None
     if GENERATION_CONFIG in found:
