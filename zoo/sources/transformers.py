@@ -285,9 +285,12 @@ def _read_pickle(path: Path, where: str) -> dict[str, np.ndarray]:
 def read(files, expected: dict[str, str] | None, complete: bool, provenance: dict) -> Checkpoint:
     """Read a checkpoint through `files` (local or Hub). `expected`: file name -> sha256 to
     check; `complete`: every file read must be listed there (a pinned source)."""
-    where = files.where
     expected = expected or {}
     hashes: dict[str, str] = {}
+    # config.json first: a checkpoint that is not Whisper's is refused before its weights are
+    # fetched; reading it also resolves a Hub branch to the commit every message names
+    config_path = files.get(CONFIG, required=True)
+    where = files.where
 
     def verify(name: str, path: Path) -> None:
         digest = sha256_file(path)
@@ -301,8 +304,6 @@ def read(files, expected: dict[str, str] | None, complete: bool, provenance: dic
                               f"check this file and pin its sha256 {digest}")
         hashes[name] = digest
 
-    # config.json first: a checkpoint that is not Whisper's is refused before its weights are fetched
-    config_path = files.get(CONFIG, required=True)
     verify(CONFIG, config_path)
     try:
         config = json.loads(config_path.read_text())
