@@ -255,9 +255,11 @@ def test_transformers_directory_round_trip(tiny_en, tmp_path):
     assert ckpt.alignment_heads == tiny_en.alignment_heads
     assert sorted(ckpt.state_dict) == sorted(tiny_en.state_dict)
     assert all(np.array_equal(ckpt.state_dict[k], v) for k, v in tiny_en.state_dict.items())
+    config = (tmp_path / "hf" / "config.json").read_text()
     (tmp_path / "hf" / "config.json").write_text('{"model_type": "whisper"}')
     with pytest.raises(SourceError, match=r"config\.json: missing field 'num_mel_bins'"):
         transformers.load(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(config)
     (tmp_path / "hf" / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(SourceError, match=r"hf/model-00002-of-00002\.safetensors: missing"):
         transformers.load(tmp_path / "hf")

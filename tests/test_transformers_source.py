@@ -202,6 +202,27 @@ def test_logits_match_transformers_on_every_backend(hf, converted, clip):
     assert tokens["cpu"] == tokens["mlx"] and len(tokens["cpu"]) > 0
 
 
+def test_cuda_backend_graphs_run_a_two_layer_128_mel_model(converted, clip, monkeypatch):
+    """The CUDA backend's compiled graphs (fixed-size caches over n_text_layer layers, the
+    pipelined greedy loop), built on MLX's CPU device as tests/test_cuda_backend.py builds them,
+    decode the Distil-shaped model as the MLX graph does (its two CUDA kernels need a GPU)."""
+    from whisper_mlx.backends import backend_for
+    from whisper_mlx.backends.cuda import CudaBackend
+
+    monkeypatch.setattr(CudaBackend, "supports", classmethod(lambda cls, model: None))
+    cuda = whisper_mlx.load_model(str(converted), backend="cuda")
+    reference = whisper_mlx.load_model(str(converted), backend="mlx")
+    assert isinstance(backend_for(cuda), CudaBackend)
+    for options in (dict(word_timestamps=True), dict(beam_size=5)):
+        want = whisper_mlx.transcribe(str(clip.path), model=reference, language="en", temperature=0.0, **options)
+        got = whisper_mlx.transcribe(str(clip.path), model=cuda, language="en", temperature=0.0, **options)
+        assert [s["tokens"] for s in got["segments"]] == [s["tokens"] for s in want["segments"]], options
+        if "word_timestamps" in options:
+            words = lambda r: [(w["word"], w["start"], w["end"]) for s in r["segments"] for w in s["words"]]  # noqa: E731
+            assert [w[0] for w in words(got)] == [w[0] for w in words(want)]
+            assert max(abs(a[k] - b[k]) for a, b in zip(words(got), words(want)) for k in (1, 2)) <= 0.02 + 1e-9
+
+
 def test_weights_float16_cannot_hold_fall_back_to_the_mlx_graph_with_the_reason(hf, tmp_path):
     """A checkpoint whose fp32 weights are not float16 values: the C decoder cannot take it, the
     MLX graph runs it, and `whisper-mlx doctor --model` says so."""

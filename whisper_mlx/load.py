@@ -433,7 +433,8 @@ def load_model(
     if not heads and stored_heads is not None:
         heads = stored_heads.tolist()
         if problem := check_alignment_heads(heads, dims):
-            raise ModelLoadError(f"{weights_path(model_dir)}: tensor alignment_heads: {problem.removeprefix('field ')}")
+            problem = problem.replace("field 'alignment_heads' ", "")
+            raise ModelLoadError(f"{weights_path(model_dir)}: tensor alignment_heads {problem}")
     if heads:
         model.alignment_heads = [(int(layer), int(head)) for layer, head in heads]
     model.eval()
