@@ -208,7 +208,10 @@ def test_unpinned_repo_is_recorded_then_verified(hub, pinned, tmp_path):
     assert {n: r[0] for n, r in _rows(done.stdout).items()} == {f"{FAMILY}-fp32": "up-to-date", f"{FAMILY}-4bit": "built"}
     rebuilt = json.loads((out / f"{FAMILY}-4bit" / "checksums.json").read_text())["provenance"]
     assert rebuilt["revision"] == first and rebuilt["sha256"] == record["sha256"]
-    assert rebuilt["pinned"] == f"recorded by an earlier build ({out / f'{FAMILY}-fp32' / 'checksums.json'})"
+    assert rebuilt["pinned"] == f"recorded by an earlier build ({FAMILY}-fp32/checksums.json)"
+    card = (out / f"{FAMILY}-4bit" / "README.md").read_text()
+    assert (f"`{first}` (unpinned in the manifest; recorded by an earlier build ({FAMILY}-fp32/checksums.json), "
+            "every file verified against it)") in card
 
     # the record says another digest than the commit's file has: refused, naming repo and file
     path = out / f"{FAMILY}-fp32" / "checksums.json"

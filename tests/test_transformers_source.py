@@ -162,6 +162,30 @@ def test_alignment_heads_come_from_the_checkpoint_the_manifest_or_the_default(hf
     assert ckpt.alignment_heads_from == HEADS_DEFAULT and ckpt.provenance["alignment_heads_from"] == HEADS_DEFAULT
 
 
+def test_english_only_vocabulary_gates_against_transformers(tmp_path, clip):
+    """The transformers reference on the English-only vocabulary (distil-small.en, distil-medium.en:
+    no language or task token in the prompt), in process: transformers' greedy generation on the
+    first window and whisper_mlx's decode give the same tokens, and the logits along them agree
+    to 1e-4 (the distil-small.en-fp32 gates)."""
+    from zoo import gates
+    from zoo.manifest import find_variant
+
+    model = make_model(n_vocab=51864, n_mels=80, seed=1)
+    model.save_pretrained(tmp_path / "hf")
+    ckpt = transformers.load(tmp_path / "hf")
+    settle_alignment_heads(ckpt, None)
+    variant = find_variant("distil-small.en-fp32")
+    clips = {CLIP: clip}
+    reference = gates.reference_transcripts(ckpt, variant, clips, cache_dir=tmp_path / "refs")
+    assert reference.engine == "transformers" and len(reference.tokens[CLIP]) > 0
+    out = convert(ckpt, tmp_path / "fp32", dtype="float32")
+    m = gates.measure(out, variant, clips, reference)
+    assert m.window_tokens[CLIP] == reference.tokens[CLIP]
+    assert 0 < m.logit_diffs[CLIP] < 1e-4
+    report = gates.evaluate(variant, clips, reference, m, m)
+    assert report["passed"] and {c["name"] for c in report["checks"]} >= {"identical_to_reference", "max_logit_diff"}
+
+
 # ---- the runtime on a Distil-shaped model ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,8 @@ def build_family(
         clean_stale(out, v.name)
     # a Hub source the manifest leaves unpinned is read against what an earlier build into this
     # output recorded (the fp32 sibling's record first)
-    records = [out / v.name for v in sorted(family.variants, key=lambda v: v.dtype != "float32" or v.quantization is not None)]
+    fp32_first = sorted(family.variants, key=lambda v: v.dtype != "float32" or v.quantization is not None)
+    records = [out / v.name for v in fp32_first]
     pins = {i: recorded_pin(s, records) for i, s in enumerate(family.sources) if s.kind == "transformers"}
     sources = pick_source(family, offline_only, pins)
     if not sources:

@@ -84,7 +84,7 @@ def recorded_pin(source, records: list[Path]) -> Pin:
         if why_not(d) is not None:
             continue
         sha256 = pin.sha256 if pin.sha256 is not None else provenance["sha256"]
-        return Pin(provenance.get("revision"), sha256, f"recorded by an earlier build ({d / 'checksums.json'})")
+        return Pin(provenance.get("revision"), sha256, f"recorded by an earlier build ({d.name}/checksums.json)")
     return pin
 
 
