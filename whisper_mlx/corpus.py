@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
-    cli._check_args(parser, {**args, "clip_timestamps": "0", "batch_size": None})
+    cli._check_args(parser, {**args, "clip_timestamps": "0", "batch_size": None, "output_name": None, "audio": []})
     if args["address"] is not None and args["cpus"] is not None:
         parser.error("--cpus sizes the local cluster; an existing one (--address) has its own")
     if args["vad_filter"] and not vad.onnxruntime_available():
