@@ -42,7 +42,7 @@ import numpy as np
 from ..logit_rules import LogitRules
 from ..model import Whisper
 from .base import Backend, Session
-from .ops import apply_filters, filter_arrays, log_softmax
+from .ops import apply_filters, filter_arrays, gather_rows, log_softmax
 
 NEG_INF = float("-inf")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -205,20 +205,9 @@ class CudaSession(Session):
         return np.array(self._pending(), dtype=np.float32)
 
     def reorder(self, source_rows: np.ndarray) -> None:
-        source_rows = np.asarray(source_rows)
-        if len(source_rows) == self.rows and (source_rows == np.arange(self.rows)).all():
-            return
-        idx = mx.array(source_rows)
-        self.cache = [(k[idx], v[idx]) for k, v in self.cache]
-        n = len(source_rows)
-        if (self.window[source_rows] == self.window[:n]).all():  # rows stayed in their windows
-            if n < self.rows:
-                self.cross = [(k[:n], v[:n]) for k, v in self.cross]
-        else:
-            self.cross = [(k[idx], v[idx]) for k, v in self.cross]
-        self.window = self.window[source_rows]
-        if self.pending is not None:
-            self.pending = self.pending[idx]
+        moved = gather_rows(self.window, source_rows, self.cache, self.cross, self.pending)
+        if moved is not None:
+            self.window, self.cache, self.cross, self.pending = moved
 
     def greedy(self, rules: LogitRules, tokens: np.ndarray, sample_len: int, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
         """The base class's greedy decoding, pipelined on the device (see the module docstring):

@@ -13,7 +13,7 @@ import numpy as np
 from ..logit_rules import LogitRules
 from ..model import Whisper
 from .base import Backend, Session
-from .ops import log_softmax, pick_mlx
+from .ops import gather_rows, log_softmax, pick_mlx
 
 
 class MlxSession(Session):
@@ -48,20 +48,9 @@ class MlxSession(Session):
         return np.array(self.pending, dtype=np.float32)
 
     def reorder(self, source_rows: np.ndarray) -> None:
-        source_rows = np.asarray(source_rows)
-        if len(source_rows) == self.rows and (source_rows == np.arange(self.rows)).all():
-            return
-        idx = mx.array(source_rows)
-        self.kv_cache = [(k[idx], v[idx]) for k, v in self.kv_cache]
-        n = len(source_rows)
-        if (self.window[source_rows] == self.window[:n]).all():  # rows stayed in their windows
-            if n < self.rows:
-                self.cross = [(k[:n], v[:n]) for k, v in self.cross]
-        else:
-            self.cross = [(k[idx], v[idx]) for k, v in self.cross]
-        self.window = self.window[source_rows]
-        if self.pending is not None:
-            self.pending = self.pending[idx]
+        moved = gather_rows(self.window, source_rows, self.kv_cache, self.cross, self.pending)
+        if moved is not None:
+            self.window, self.kv_cache, self.cross, self.pending = moved
 
 
 class MlxBackend(Backend):

@@ -92,3 +92,20 @@ def pick_mlx(rules: LogitRules, logits: mx.array, state: np.ndarray, k: int = 1)
     part, values = np.array(part).astype(np.int64), np.array(values)
     order = np.lexsort((part, -values), axis=-1)
     return np.take_along_axis(part, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+
+
+def gather_rows(window: np.ndarray, source_rows: np.ndarray, cache: list, cross: list, pending: mx.array | None):
+    """An MLX session's `reorder`: new row i continues old row source_rows[i]. Returns the new
+    (window, cache, cross, pending), or None when nothing moves. Cross-attention keys/values are
+    gathered only when rows move between windows (beam search keeps them in theirs)."""
+    source_rows = np.asarray(source_rows)
+    n = len(source_rows)
+    if n == len(window) and (source_rows == np.arange(n)).all():
+        return None
+    idx = mx.array(source_rows)
+    cache = [(k[idx], v[idx]) for k, v in cache]
+    if (window[source_rows] == window[:n]).all():
+        cross = cross if n == len(window) else [(k[:n], v[:n]) for k, v in cross]
+    else:
+        cross = [(k[idx], v[idx]) for k, v in cross]
+    return window[source_rows], cache, cross, None if pending is None else pending[idx]
