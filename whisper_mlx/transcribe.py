@@ -133,29 +133,7 @@ def transcribe(
                 vad_filter=vad_filter, vad_parameters=vad_parameters, **decode_options,
             )
     with _model_lock(model):
-        if vad_filter:
-            return _transcribe_speech(
-                model,
-                audio,
-                vad_options,
-                verbose=verbose,
-                temperature=temperature,
-                compression_ratio_threshold=compression_ratio_threshold,
-                logprob_threshold=logprob_threshold,
-                no_speech_threshold=no_speech_threshold,
-                condition_on_previous_text=condition_on_previous_text,
-                initial_prompt=initial_prompt,
-                carry_initial_prompt=carry_initial_prompt,
-                word_timestamps=word_timestamps,
-                prepend_punctuations=prepend_punctuations,
-                append_punctuations=append_punctuations,
-                clip_timestamps=clip_timestamps,
-                hallucination_silence_threshold=hallucination_silence_threshold,
-                decode_options=decode_options,
-            )
-        return _transcribe(
-            model,
-            audio,
+        options = dict(
             verbose=verbose,
             temperature=temperature,
             compression_ratio_threshold=compression_ratio_threshold,
@@ -170,8 +148,10 @@ def transcribe(
             clip_timestamps=clip_timestamps,
             hallucination_silence_threshold=hallucination_silence_threshold,
             decode_options=decode_options,
-            on_segment=on_segment,
         )
+        if vad_filter:
+            return _transcribe_speech(model, audio, vad_options, **options)
+        return _transcribe(model, audio, **options, on_segment=on_segment)
 
 
 def needs_fallback(result: DecodingResult, compression_ratio_threshold: float | None, logprob_threshold: float | None,
