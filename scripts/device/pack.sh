@@ -49,12 +49,24 @@ for family in ("tiny.en", "base"):  # cached under a converter-code key; carried
     shutil.copy(_openai_pt(family), f".device/stage/models/{family}.pt")
 PY
 cp .cache/tests/clips/*.wav "$D/stage/clips/"
+# the 3.4 min bench clip for the corpus and batched benchmarks (benchmarks.cpu builds it)
+$PY -c "from benchmarks.cpu import prepare_clip; prepare_clip('bench_long')" >/dev/null 2>&1 || true
+cp .cache/bench/clips/bench_long-*.wav "$D/stage/clips/" 2>/dev/null || true
+
+# Ray (whisper_mlx.ray, the corpus benchmark on two GPUs) and what the device image lacks of its deps
+ray=$(.venv/bin/pip show ray 2>/dev/null | sed -n 's/^Version: //p')
+mkdir -p "$D/stage/ray"
+if [ -n "$ray" ]; then
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
+      -d "$D/stage/ray" "ray==$ray" jsonschema jsonschema-specifications referencing rpds-py
+fi
 
 # One stream of single members, in the order they become useful on the device: MLX (parts 1-2),
 # the wheels (then whisper_mlx imports and the random-weight benchmarks run, PyTorch side too),
 # OpenBLAS and the clips, tiny.en, base.
 (cd "$D/stage" && tar -cf whl.tar -C whl . && tar -cf clips.tar -C clips . \
-   && tar -cf - mlxcuda.tar.xz whl.tar blas.tar.xz clips.tar models/tiny.en.pt models/base.pt) \
+   && tar -cf ray.tar -C ray . \
+   && tar -cf - mlxcuda.tar.xz whl.tar blas.tar.xz clips.tar models/tiny.en.pt models/base.pt ray.tar) \
   | split -b "${PART_MB}m" -d -a 1 - "$D/part"
 i=1
 for f in "$D"/part[0-9]; do mkdir -p "$D/p$i" && mv "$f" "$D/p$i/part"; i=$((i + 1)); done

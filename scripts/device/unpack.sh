@@ -7,6 +7,7 @@
 #                            PyTorch side of tools/bench_gpu.py import; random-weight benchmarks run
 #   OpenBLAS, clips.tar   -> /tmp/blas, $WHISPER_MLX_TEST_CACHE/clips
 #   tiny.en.pt, base.pt   -> the model directories tests/conftest.py expects (prepare_models.py)
+#   ray.tar (Ray and the deps the image lacks) -> /tmp/site
 # `. /tmp/env.sh` before running anything. Carry .cache/tests/references (git-ignored, so it
 # travels only when carried; scripts/device/cpu_references.py builds it) with a part: without the
 # CPU fp32 references, tests/test_gpu.py recomputes them on the device's CPU, which does not fit a call.
@@ -84,4 +85,9 @@ for family in tiny.en base; do
     python3 scripts/device/prepare_models.py "$family"
   fi
 done
+if [ -f /tmp/stage/ray.tar ]; then
+  mkdir -p /tmp/raywhl && tar -xf /tmp/stage/ray.tar -C /tmp/raywhl && rm /tmp/stage/ray.tar
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/raywhl/*.whl
+  echo "ray installed"
+fi
 echo "part $k of $n: $(ls /tmp/parts | wc -l) parts here"
