@@ -73,7 +73,8 @@ class _FileChunks:
 
     def cut(self, chunk: SpeechChunk) -> np.ndarray:
         """The chunk's samples (its regions, joined) as float32, as load_audio's array would give them."""
-        return np.concatenate([self._read(start, end) for start, end in chunk.regions])
+        parts = [self._read(start, end) for start, end in chunk.regions]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _read(self, start: int, end: int) -> np.ndarray:
         if self._blocks is None or start < self._base:
@@ -93,7 +94,9 @@ class _FileChunks:
                 parts.append(block[max(start - (have - block.size), 0):])
         held = parts[0] if len(parts) == 1 else np.concatenate(parts)  # samples [start, have)
         self._buf, self._base = held[end - start:], end
-        return held[: end - start].astype(np.float32) / 32768.0
+        samples = held[: end - start].astype(np.float32)
+        samples /= 32768.0  # in place: one float32 copy, load_audio's values
+        return samples
 
     def close(self) -> None:
         if self._blocks is not None:
