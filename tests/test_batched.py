@@ -128,6 +128,24 @@ def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter)
     assert wer(clip.text, from_file["text"]) <= 0.2
 
 
+def test_a_streamed_file_detects_its_language_on_its_first_30_s(base_fp32_dir, clips, monkeypatch):
+    """Without a language, a multilingual model detects it on the first 30 s of the file, read in
+    the first pass: exactly the samples the array's detection sees (the long story is longer than
+    30 s), and the right language on real weights."""
+    from whisper_mlx.audio import N_SAMPLES, load_audio
+    from whisper_mlx.batched import BatchedTranscriber, BatchOptions
+
+    base = whisper_mlx.load_model(base_fp32_dir)
+    reader = BatchedTranscriber(base, BatchOptions(vad_filter=False), {})
+    spanish = clips["es_beach"].path
+    assert reader._open(0, spanish).language == reader._open(0, load_audio(spanish)).language == "es"
+    seen = []
+    monkeypatch.setattr(BatchedTranscriber, "_language", lambda self, audio: seen.append(audio[:N_SAMPLES]) or "en")
+    story = clips["en_long_story"].path
+    reader._open(0, story), reader._open(0, load_audio(story))
+    assert seen[0].size == N_SAMPLES and np.array_equal(seen[0], seen[1])
+
+
 def test_a_file_cut_short_after_its_first_reading_fails_alone(tiny, short_clips, tmp_path):
     """An error that shows only on the second reading (the file was cut short after its length
     and chunks were found) is that input's error, one line naming it; the others go on."""
