@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import whisper_mlx
@@ -88,3 +89,141 @@ def test_batched_vad_chunks_keep_words_out_of_silences(tiny, gap_clip):  # noqa:
 def test_batch_size_must_be_positive(tiny, short_clips):
     with pytest.raises(ValueError, match="batch_size"):
         list(transcribe_many([str(short_clips[0].path)], model=tiny, batch_size=0))
+
+
+# ---------------------------------------------------------------- files streamed, not held whole
+
+
+@pytest.mark.parametrize("vad_filter", [True, False], ids=["vad", "windows"])
+def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter):  # noqa: F811
+    """A file is read in two streaming passes (probabilities and length, then each chunk's audio
+    when its batch comes); its chunks, their samples and the result are exactly those of its
+    samples given as an array (read whole, the path it always had). With the VAD: the gap clip,
+    whose chunks join several regions with silences skipped between them; without: the long
+    story's two 30 s windows."""
+    from whisper_mlx.audio import load_audio
+    from whisper_mlx.batched import BatchedTranscriber, BatchOptions
+    from whisper_mlx.vad import VadOptions
+
+    clip = gap_clip if vad_filter else clips["en_long_story"]
+    path = str(clip.path)
+    array = load_audio(path)
+    batched_vad = VadOptions(max_speech_duration_s=30.0, min_silence_duration_ms=160)  # transcribe_many's default
+    reader = BatchedTranscriber(tiny, BatchOptions(vad_filter=vad_filter, vad_options=batched_vad), {})
+    streamed, whole = reader._open(0, path), reader._open(0, array)
+    assert streamed.audio is None and streamed.duration == whole.duration
+    assert streamed.chunks == whole.chunks and len(streamed.chunks) >= 2
+    if vad_filter:  # regions with silences skipped between them
+        assert max(len(c.regions) for c in streamed.chunks) >= 3
+    for i, chunk in enumerate(streamed.chunks):
+        assert np.array_equal(streamed.chunk_audio(i), chunk.audio(array)), i
+    streamed.release()
+    # the same batch (rows in the same places) from the file and from the array
+    options = dict(model=tiny, batch_size=8, vad_filter=vad_filter, temperature=0.0, word_timestamps=vad_filter)
+    [(_, _, from_file)] = transcribe_many([path], **options)
+    [(_, _, from_array)] = transcribe_many([array], **options)
+    assert isinstance(from_file, dict), from_file
+    assert from_file == from_array
+    assert len(from_file["segments"]) >= 2
+    assert wer(clip.text, from_file["text"]) <= 0.2
+
+
+def test_a_streamed_file_detects_its_language_on_its_first_30_s(base_fp32_dir, clips, monkeypatch):
+    """Without a language, a multilingual model detects it on the first 30 s of the file, read in
+    the first pass: exactly the samples the array's detection sees (the long story is longer than
+    30 s), and the right language on real weights."""
+    from whisper_mlx.audio import N_SAMPLES, load_audio
+    from whisper_mlx.batched import BatchedTranscriber, BatchOptions
+
+    base = whisper_mlx.load_model(base_fp32_dir)
+    reader = BatchedTranscriber(base, BatchOptions(vad_filter=False), {})
+    spanish = clips["es_beach"].path
+    assert reader._open(0, spanish).language == reader._open(0, load_audio(spanish)).language == "es"
+    seen = []
+    monkeypatch.setattr(BatchedTranscriber, "_language", lambda self, audio: seen.append(audio[:N_SAMPLES]) or "en")
+    story = clips["en_long_story"].path
+    reader._open(0, story), reader._open(0, load_audio(story))
+    assert seen[0].size == N_SAMPLES and np.array_equal(seen[0], seen[1])
+
+
+def test_a_file_cut_short_after_its_first_reading_fails_alone(tiny, short_clips, tmp_path):
+    """An error that shows only on the second reading (the file was cut short after its length
+    and chunks were found) is that input's error, one line naming it; the others go on."""
+    import shutil
+
+    from whisper_mlx.audio import AudioError
+
+    good = [str(c.path) for c in short_clips[:2]]
+    victim = tmp_path / "victim.wav"
+    shutil.copy(short_clips[2].path, victim)
+
+    def inputs():
+        yield good[0]
+        yield str(victim)
+        # the queue asks for the next input once the victim was opened (its first reading): cut it now
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2])
+        yield good[1]
+
+    options = dict(model=tiny, batch_size=8, vad_filter=False, temperature=0.0)
+    results = {i: r for i, _, r in transcribe_many(inputs(), **options)}
+    assert sorted(results) == [0, 1, 2]
+    assert isinstance(results[1], AudioError), results[1]
+    assert str(victim) in str(results[1]) and "\n" not in str(results[1])
+    alone = [r for _, _, r in transcribe_many(good, **options)]
+    assert [results[0], results[2]] == alone
+
+
+@pytest.fixture(scope="module")
+def long_file(clips, tmp_path_factory):
+    """Eleven minutes: a sentence, ten minutes of digital silence, the long story (cheap to decode:
+    the silence has no speech chunk with the VAD and silent 30 s windows without it)."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("long")
+    silence, path = folder / "silence.wav", folder / "long.wav"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", str(silence),
+                    "trim", "0", "600"], check=True)
+    subprocess.run(["sox", str(clips["en_weather"].path), str(silence), str(clips["en_long_story"].path), str(path)],
+                   check=True)
+    return path
+
+
+@pytest.mark.parametrize("vad_filter", [True, False], ids=["vad", "windows"])
+def test_a_long_file_is_not_held_whole(tiny, clips, long_file, vad_filter, monkeypatch):
+    """The Python-side memory (numpy arrays, traced by tracemalloc) stays far under the file's
+    float32 samples: while the file is read (its first pass, up to the first batch) and whenever
+    a batch starts decoding. Reading the whole file (load_audio) would hold all of it, and more
+    while decoding it."""
+    import tracemalloc
+    import wave
+
+    from whisper_mlx import batched
+
+    with wave.open(str(long_file)) as w:
+        whole_bytes = 4 * w.getnframes()  # the file as float32 samples
+    assert whole_bytes > 40_000_000
+    live, first_peak = [], []
+    encode = batched.embed_audio
+
+    def measured(model, mel):
+        current, peak = tracemalloc.get_traced_memory()
+        live.append(current)
+        if not first_peak:
+            first_peak.append(peak)
+        return encode(model, mel)
+
+    monkeypatch.setattr(batched, "embed_audio", measured)
+    tracemalloc.start()
+    try:
+        results = [r for _, _, r in transcribe_many([str(long_file)], model=tiny, batch_size=1, temperature=0.0,
+                                                    vad_filter=vad_filter)]
+    finally:
+        tracemalloc.stop()
+    assert len(live) >= 2, live  # decoded in several batches
+    bound = whole_bytes // 4
+    assert first_peak[0] < bound, (first_peak, whole_bytes)
+    assert max(live) < bound, (live, whole_bytes)
+    truth = f'{clips["en_weather"].text} {clips["en_long_story"].text}'
+    assert wer(truth, results[0]["text"]) <= 0.2, results[0]["text"]
+    assert results[0]["segments"][-1]["end"] > 640

@@ -104,6 +104,33 @@ def test_probabilities_match_silero_reference(gap_clip):
     np.testing.assert_allclose(vad.speech_probabilities(gap_clip.audio, block_frames=37), ours, atol=1e-5)
 
 
+def test_probabilities_from_a_stream_of_blocks_equal_the_whole_arrays(gap_clip):
+    """A file decoded piece by piece (blocks of any size, as audio.decode_chunks yields them) gets
+    exactly the whole array's probabilities: state, context and onnxruntime's frame groups carry
+    across blocks. Odd-sized blocks, some shorter than a frame or than the 64-sample context,
+    the last one longer than an onnxruntime group."""
+    from whisper_mlx.audio import decode_chunks
+
+    audio = gap_clip.audio
+    whole = vad.speech_probabilities(audio)
+    rng = np.random.default_rng(0)
+    sizes = np.concatenate([[1, 63, 65, 511, 513, 1023], rng.integers(1, 20_000, 8)])
+    blocks = np.split(audio, np.cumsum(sizes))  # the last one: the rest, more than one group
+    assert blocks[-1].size > vad.BLOCK_FRAMES * 512
+    probs, n_samples = vad.stream_speech_probabilities(iter(blocks))
+    assert n_samples == audio.size
+    np.testing.assert_array_equal(probs, whole)
+    # the file's own blocks, as pass 1 of batched transcription reads it
+    stream = vad.SpeechProbabilityStream()
+    for block in decode_chunks(gap_clip.path):
+        stream.feed(block.astype(np.float32) / 32768.0)
+    np.testing.assert_array_equal(stream.finish(), whole)
+    assert vad.speech_timestamps_from_probabilities(whole, stream.num_samples, vad.VadOptions()) == \
+        vad.get_speech_timestamps(audio, vad.VadOptions())
+    with pytest.raises(ValueError, match="fed after finish"):
+        stream.feed(audio[:10])
+
+
 def test_speech_regions_follow_the_known_silences(gap_clip):
     regions = vad.get_speech_timestamps(gap_clip.audio, vad.VadOptions())
     assert len(regions) == len(SENTENCES), regions

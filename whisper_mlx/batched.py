@@ -7,6 +7,12 @@ temperature fallback re-decodes only the rows that need it); no chunk is conditi
 before it (as faster-whisper's BatchedInferencePipeline). Segments and word timestamps come per
 chunk and are mapped back to the original audio's time. Inputs are read one at a time, only as
 the queue of chunks needs them; a file's result is handed out as soon as its last chunk is done.
+
+A file is never held whole (a 1-hour file is 230 MB of float32 samples): pass 1 decodes it as a
+stream for its length, its speech probabilities (the VAD's state carried from block to block) and
+its first 30 s (language detection); pass 2 decodes it again and cuts each chunk's audio only when
+a batch takes that chunk, forgetting the samples behind it. Waveforms given as arrays, and inputs
+readable only once (standard input, pipes, URLs), are in memory already (or read into it).
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ import mlx.core as mx
 import numpy as np
 import tqdm
 
-from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio, load_mel, pad_or_trim
+from .audio import (HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, decode_chunks, load_audio, load_mel,
+                    pad_or_trim, single_pass)
 from .decoding import DecodingResult, decode, detect_language, embed_audio
 from .model import Whisper
 from .timing import add_word_timestamps
 from .tokenizer import get_tokenizer
 from .transcribe import decode_options_at, needs_fallback, split_segments
-from .vad import (INSTALL_HINT, SpeechChunk, VadOptions, get_speech_timestamps, merge_chunks,
-                  onnxruntime_available, require_onnxruntime)
+from .vad import (INSTALL_HINT, SpeechChunk, SpeechProbabilityStream, VadOptions, get_speech_timestamps,
+                  merge_chunks, onnxruntime_available, require_onnxruntime, speech_timestamps_from_probabilities)
 
 Audio = str | Path | np.ndarray
 
@@ -53,9 +60,54 @@ class BatchOptions:
             raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
 
 
+class _FileChunks:
+    """Pass 2 over a file: decoded again from its start, cut into its chunks' audio in order; the
+    samples behind the chunk asked for are forgotten, so one chunk's samples (and one decoded block
+    past it) are held at a time. A chunk before the last one read restarts the decoding."""
+
+    def __init__(self, file: str, length: int):
+        self.file, self.length = file, length
+        self._blocks: Iterator[np.ndarray] | None = None
+        self._buf = np.zeros(0, np.int16)  # decoded samples not yet cut or skipped
+        self._base = 0  # the file's sample index of _buf[0]
+
+    def cut(self, chunk: SpeechChunk) -> np.ndarray:
+        """The chunk's samples (its regions, joined) as float32, as load_audio's array would give them."""
+        parts = [self._read(start, end) for start, end in chunk.regions]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _read(self, start: int, end: int) -> np.ndarray:
+        if self._blocks is None or start < self._base:
+            self.close()
+            self._blocks = decode_chunks(self.file)
+            self._buf, self._base = np.zeros(0, np.int16), 0
+        have = self._base + self._buf.size
+        parts = [self._buf[start - self._base:]] if start < have else []
+        while have < end:
+            try:
+                block = next(self._blocks)
+            except StopIteration:
+                raise AudioError(f"{self.file}: changed while being read: it now ends at {have / SAMPLE_RATE:.1f} s, "
+                                 f"its first reading ended at {self.length / SAMPLE_RATE:.1f} s") from None
+            have += block.size
+            if have > start:  # blocks wholly before the chunk are skipped
+                parts.append(block[max(start - (have - block.size), 0):])
+        held = parts[0] if len(parts) == 1 else np.concatenate(parts)  # samples [start, have)
+        self._buf, self._base = held[end - start:], end
+        samples = held[: end - start].astype(np.float32)
+        samples /= 32768.0  # in place: one float32 copy, load_audio's values
+        return samples
+
+    def close(self) -> None:
+        if self._blocks is not None:
+            self._blocks.close()  # closes the container
+            self._blocks = None
+        self._buf = np.zeros(0, np.int16)
+
+
 @dataclass(eq=False)
 class _Source:
-    """One input: its chunks, and their segments as they are decoded."""
+    """One input: its chunks, where their audio comes from, and their segments as they are decoded."""
 
     index: int
     name: str
@@ -63,18 +115,36 @@ class _Source:
     language: str
     chunks: list[SpeechChunk]
     input: Audio
-    audio: np.ndarray | None  # released once every chunk has its window
+    audio: np.ndarray | None = None  # an in-memory input's samples
+    file: _FileChunks | None = None  # a file's pass 2
     segments: dict[int, list[dict]] = field(default_factory=dict)
+    error: Exception | None = None  # set when reading a chunk's audio failed
 
     @property
     def done(self) -> bool:
         return len(self.segments) == len(self.chunks)
 
+    def chunk_audio(self, i: int) -> np.ndarray:
+        chunk = self.chunks[i]
+        return self.file.cut(chunk) if self.file is not None else chunk.audio(self.audio)
+
+    def release(self) -> None:
+        """Drop the samples and close the file (every chunk has its window, or the input failed)."""
+        self.audio = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _windows_of(n_samples: int) -> list[SpeechChunk]:
+    """Consecutive 30 s windows over `n_samples` samples (without the VAD)."""
+    return [SpeechChunk(((start, min(start + N_SAMPLES, n_samples)),)) for start in range(0, n_samples, N_SAMPLES)]
+
 
 def _chunks(audio: np.ndarray, options: BatchOptions) -> list[SpeechChunk]:
     if options.vad_filter:
         return merge_chunks(get_speech_timestamps(audio, options.vad_options))
-    return [SpeechChunk(((start, min(start + N_SAMPLES, audio.size)),)) for start in range(0, audio.size, N_SAMPLES)]
+    return _windows_of(audio.size)
 
 
 def _mel(audio: np.ndarray, n_mels: int) -> tuple[mx.array, int, bool]:
@@ -94,22 +164,56 @@ class BatchedTranscriber:
         self.decode_options = {k: v for k, v in decode_options.items() if k != "fp16"}
         self.decode_options.pop("prompt", None)
 
+    @property
+    def _detects_language(self) -> bool:
+        return self.decode_options.get("language") is None and self.model.is_multilingual
+
     def _language(self, audio: np.ndarray) -> str:
-        language = self.decode_options.get("language")
-        if language is not None:
-            return language
-        if not self.model.is_multilingual:
-            return "en"
+        """The decoding language: given, English for an English-only model, else detected on the
+        first 30 s of `audio`."""
+        if not self._detects_language:
+            return self.decode_options.get("language") or "en"
         mel, _, _ = _mel(audio[:N_SAMPLES], self.model.dims.n_mels)
         _, probs = detect_language(self.model, mel)
         return max(probs, key=probs.get)
 
     def _open(self, index: int, audio: Audio) -> _Source:
+        if isinstance(audio, (str, Path)):
+            if not single_pass(str(audio)):
+                return self._open_file(index, audio)
+            samples = load_audio(str(audio))  # stdin, a pipe, a URL: readable once, so read into memory
+        else:
+            samples = np.asarray(audio, np.float32)
         name = str(audio) if isinstance(audio, (str, Path)) else f"<array {index}>"
-        samples = load_audio(str(audio)) if isinstance(audio, (str, Path)) else np.asarray(audio, np.float32)
         chunks = _chunks(samples, self.options)
         language = self._language(samples) if chunks else (self.decode_options.get("language") or "en")
-        return _Source(index, name, samples.size / SAMPLE_RATE, language, chunks, audio, samples)
+        return _Source(index, name, samples.size / SAMPLE_RATE, language, chunks, audio, audio=samples)
+
+    def _open_file(self, index: int, path: str | Path) -> _Source:
+        """Pass 1 over a file, decoded as a stream: its length, its chunks (from the speech
+        probabilities with the VAD) and its language (from its first 30 s); no more is kept."""
+        name = str(path)
+        vad = SpeechProbabilityStream() if self.options.vad_filter else None
+        head: list[np.ndarray] = []  # the first 30 s, when the language is detected
+        wants_head = self._detects_language
+        n_samples = 0
+        for block in decode_chunks(name):
+            if vad is not None or (wants_head and n_samples < N_SAMPLES):
+                samples = block.astype(np.float32) / 32768.0  # load_audio's values
+                if vad is not None:
+                    vad.feed(samples)
+                if wants_head and n_samples < N_SAMPLES:
+                    head.append(samples[: N_SAMPLES - n_samples])
+            n_samples += block.size
+        if vad is not None:
+            speech = speech_timestamps_from_probabilities(vad.finish(), n_samples, self.options.vad_options)
+            chunks = merge_chunks(speech)
+        else:
+            chunks = _windows_of(n_samples)
+        first = np.concatenate(head) if head else np.zeros(0, np.float32)
+        language = self._language(first) if chunks else (self.decode_options.get("language") or "en")
+        return _Source(index, name, n_samples / SAMPLE_RATE, language, chunks, path,
+                       file=_FileChunks(name, n_samples) if chunks else None)
 
     def run(self, inputs: Iterable[Audio]) -> Iterator[tuple[int, Audio, dict | Exception]]:
         """Yield (index, input, result or the exception that input raised) as inputs complete."""
@@ -145,19 +249,45 @@ class BatchedTranscriber:
                         batch.append(item)
                 for item in batch:
                     pending.remove(item)
-                for source, i in self._decode(batch, language):
+                batch, windows, failed = self._windows(batch)
+                for source in failed:  # its file failed on the second reading: its error, the others go on
+                    pending = deque(item for item in pending if item[0] is not source)
+                    bar.total -= source.duration - sum(source.chunks[i].duration for i in source.segments)
+                    bar.refresh()
+                    yield source.index, source.input, source.error
+                for source, i in self._decode(batch, windows, language):
                     bar.update(source.chunks[i].duration)
                     if source.done:
                         yield source.index, source.input, self._result(source)
 
-    def _decode(self, batch: list[tuple[_Source, int]], language: str) -> Iterator[tuple[_Source, int]]:
-        """Decode a batch of chunks as B rows; store each chunk's segments in its source."""
-        model, options = self.model, self.options
-        windows = [_mel(source.chunks[i].audio(source.audio), model.dims.n_mels) for source, i in batch]
+    def _windows(self, batch: list[tuple[_Source, int]]) -> tuple[list[tuple[_Source, int]], list, list[_Source]]:
+        """Each chunk's mel window (its audio cut now); a source whose audio cannot be read leaves
+        the batch with its error set. Returns (the batch left, its windows, the failed sources)."""
+        windows: dict[int, tuple] = {}
+        failed: list[_Source] = []
+        for k, (source, i) in enumerate(batch):
+            if source.error is not None:
+                continue
+            try:
+                audio = source.chunk_audio(i)
+            except Exception as e:  # e.g. a file cut short since its first reading
+                source.error = e
+                source.release()
+                failed.append(source)
+                continue
+            windows[k] = _mel(audio, self.model.dims.n_mels)
+        kept = [k for k in windows if batch[k][0].error is None]
+        batch = [batch[k] for k in kept]
         for source, _ in batch:
             windowed = {j for s, j in batch if s is source} | set(source.segments)
             if len(windowed) == len(source.chunks):
-                source.audio = None  # every chunk of this source has its window now
+                source.release()  # every chunk of this source has its window now
+        return batch, [windows[k] for k in kept], failed
+
+    def _decode(self, batch: list[tuple[_Source, int]], windows: list, language: str) -> Iterator[tuple[_Source, int]]:
+        """Decode a batch of chunks (their windows from `_windows`) as B rows; store each chunk's
+        segments in its source."""
+        model, options = self.model, self.options
         decode_options = {**self.decode_options, "language": language}
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
                                   task=decode_options.get("task", "transcribe"))

@@ -5,7 +5,8 @@ The model is Silero's own "sequence" export (assets/silero_vad_16k_sequence.onnx
 `silero-vad` 6.2.3 package, MIT licence: assets/silero_vad_LICENSE.txt): the streaming network
 (STFT, convolutional encoder, LSTM, one speech probability per 512-sample frame at 16 kHz, each
 frame seeing the previous frame's last 64 samples) run over many frames per call, the LSTM state
-carried between calls. onnxruntime is an optional dependency (`pip install "whisper-mlx[vad]"`);
+carried between calls (also across the blocks of a file decoded piece by piece:
+`SpeechProbabilityStream`). onnxruntime is an optional dependency (`pip install "whisper-mlx[vad]"`);
 nothing here imports it until a probability is asked for.
 
 Speech regions follow faster-whisper's `get_speech_timestamps` (same parameter names, defaults
@@ -19,10 +20,11 @@ import bisect
 import importlib.util
 import math
 import numbers
+from collections import deque
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -157,31 +159,90 @@ def _as_audio(audio) -> np.ndarray:
     return array
 
 
+class SpeechProbabilityStream:
+    """Silero's speech probabilities over audio fed in blocks of any size (a file decoded piece by
+    piece): the LSTM state and the 64-sample context carry from block to block, and the model runs
+    on groups of `block_frames` frames counted from the first sample, as `speech_probabilities`
+    groups them, so the probabilities are exactly the whole-array ones. Holds at most one group of
+    samples; `feed` the blocks, then `finish` for every frame's probability.
+    """
+
+    def __init__(self, block_frames: int = BLOCK_FRAMES):
+        if isinstance(block_frames, bool) or not isinstance(block_frames, int) or block_frames < 1:
+            raise ValueError(f"block_frames: expected a positive integer, got {block_frames!r}")
+        self.block_frames = block_frames
+        self.num_samples = 0  # samples fed so far
+        self._pieces: deque[np.ndarray] = deque()  # samples fed, not yet run
+        self._held = 0  # samples in _pieces
+        self._hidden = np.zeros(_STATE_SHAPE, np.float32)
+        self._cell = np.zeros(_STATE_SHAPE, np.float32)
+        self._context = np.zeros(CONTEXT_SAMPLES, np.float32)
+        self._out: list[np.ndarray] = []
+        self._finished = False
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Add the next samples (float32 at 16 kHz); runs the model on each full group of frames."""
+        if self._finished:
+            raise ValueError("SpeechProbabilityStream: fed after finish()")
+        samples = _as_audio(samples)
+        if samples.size == 0:
+            return
+        self._pieces.append(samples)
+        self._held += samples.size
+        self.num_samples += samples.size
+        group = self.block_frames * FRAME_SAMPLES
+        while self._held >= group:
+            self._run(self.block_frames, group)
+
+    def finish(self) -> np.ndarray:
+        """Run what is left (the last frame zero-padded); the probability of every frame fed, float32
+        of length ceil(num_samples / 512)."""
+        if not self._finished:
+            self._finished = True
+            if self._held:
+                self._run(-(-self._held // FRAME_SAMPLES), self._held)
+        return np.concatenate(self._out) if self._out else np.zeros(0, np.float32)
+
+    def _run(self, count: int, n: int) -> None:
+        """The model over the next `count` frames, made of the next `n` samples fed (zero-padded)."""
+        frames = np.zeros((count, FRAME_SAMPLES), np.float32)
+        flat, at = frames.reshape(-1), 0
+        while at < n:  # copy the samples out of the pieces, dropping the pieces used up
+            piece = self._pieces[0]
+            take = min(piece.size, n - at)
+            flat[at : at + take] = piece[:take]
+            at += take
+            if take == piece.size:
+                self._pieces.popleft()
+            else:
+                self._pieces[0] = piece[take:]
+        self._held -= n
+        block = np.empty((count, CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
+        block[:, CONTEXT_SAMPLES:] = frames
+        block[0, :CONTEXT_SAMPLES] = self._context
+        block[1:, :CONTEXT_SAMPLES] = frames[:-1, -CONTEXT_SAMPLES:]
+        self._context = frames[-1, -CONTEXT_SAMPLES:].copy()
+        probs, self._hidden, self._cell = _session().run(
+            ["speech_probs", "hn", "cn"], {"input": block, "h": self._hidden, "c": self._cell}
+        )
+        self._out.append(np.asarray(probs, np.float32).reshape(-1))
+
+
 def speech_probabilities(audio: np.ndarray, block_frames: int = BLOCK_FRAMES) -> np.ndarray:
     """Silero's speech probability for each 512-sample frame of 16 kHz `audio` (the last frame
     zero-padded): float32 of length ceil(len(audio) / 512), as Silero's `audio_forward`."""
-    audio = _as_audio(audio)
-    n_frames = -(-audio.size // FRAME_SAMPLES)
-    if n_frames == 0:
-        return np.zeros(0, np.float32)
-    session = _session()
-    hidden = np.zeros(_STATE_SHAPE, np.float32)
-    cell = np.zeros(_STATE_SHAPE, np.float32)
-    context = np.zeros(CONTEXT_SAMPLES, np.float32)
-    out = []
-    for first in range(0, n_frames, block_frames):
-        count = min(block_frames, n_frames - first)
-        frames = np.zeros((count, FRAME_SAMPLES), np.float32)
-        samples = audio[first * FRAME_SAMPLES : (first + count) * FRAME_SAMPLES]
-        frames.reshape(-1)[: samples.size] = samples
-        block = np.empty((count, CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
-        block[:, CONTEXT_SAMPLES:] = frames
-        block[0, :CONTEXT_SAMPLES] = context
-        block[1:, :CONTEXT_SAMPLES] = frames[:-1, -CONTEXT_SAMPLES:]
-        context = frames[-1, -CONTEXT_SAMPLES:].copy()
-        probs, hidden, cell = session.run(["speech_probs", "hn", "cn"], {"input": block, "h": hidden, "c": cell})
-        out.append(np.asarray(probs, np.float32).reshape(-1))
-    return np.concatenate(out)
+    stream = SpeechProbabilityStream(block_frames)
+    stream.feed(audio)
+    return stream.finish()
+
+
+def stream_speech_probabilities(blocks: Iterable[np.ndarray], block_frames: int = BLOCK_FRAMES) -> tuple[np.ndarray, int]:
+    """`speech_probabilities` of the audio that `blocks` (float32 16 kHz arrays of any size) make
+    up together, without holding it whole: (probabilities, number of samples)."""
+    stream = SpeechProbabilityStream(block_frames)
+    for block in blocks:
+        stream.feed(block)
+    return stream.finish(), stream.num_samples
 
 
 # ---------------------------------------------------------------- speech regions
