@@ -4,7 +4,8 @@
    windows, no VAD), real-time factor = audio seconds / wall seconds, after one warm-up pass.
 2. Model shapes with random float16 weights (large-v3, large-v3-turbo, ...): per batch of B
    windows, the encoder pass and 100 decoded tokens per window through the backend's session,
-   in windows per second (x30 = real-time factor), as tools/bench_gpu.py times one window.
+   in windows per second (x30 = real-time factor), as `benchmarks.gpu` times one window; the shapes
+   are its table (every family's manifest dims).
 
     python -m benchmarks.batched_throughput --models DIR [DIR ...] --clips A.wav B.wav ... \
         --shapes large-v3 large-v3-turbo --batch 1 8 16 32 --device gpu --json out.json
@@ -21,14 +22,7 @@ from pathlib import Path
 import whisper_mlx  # noqa: F401  (first: BLAS preload before mlx.core)
 from whisper_mlx import runtime
 
-SHAPES = {  # ModelDimensions of the OpenAI checkpoints (no weights needed)
-    "large-v3": dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                     n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32),
-    "large-v3-turbo": dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                           n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=4),
-    "tiny": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-                 n_vocab=51865, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4),
-}
+from benchmarks import core, gpu
 
 
 def real_model_rows(model_dir: str, clips: list[str], batches: list[int], repeat: int) -> list[dict]:
@@ -40,12 +34,13 @@ def real_model_rows(model_dir: str, clips: list[str], batches: list[int], repeat
     seconds = sum(a.size for a in audio) / 16000
     rows = []
     for b in batches:
-        run = lambda: list(transcribe_many(audio, model=model, batch_size=b, temperature=0.0, vad_filter=False))  # noqa: E731
-        run()  # warm-up: compiled graphs, caches
-        start = time.perf_counter()
-        results = run()
-        wall = time.perf_counter() - start
-        assert all(isinstance(r, dict) for _, _, r in results)
+        out: dict = {}
+
+        def run() -> None:
+            out["results"] = list(transcribe_many(audio, model=model, batch_size=b, temperature=0.0, vad_filter=False))
+
+        wall = core.time_call(run, 1, warmup=1)  # warm-up: compiled graphs, caches
+        assert all(isinstance(r, dict) for _, _, r in out["results"])
         rows.append(dict(model=Path(model_dir).name, batch=b, audio_s=round(seconds, 1), wall_s=round(wall, 3),
                          rtf=round(seconds / wall, 1)))
         print(rows[-1], flush=True)
@@ -57,14 +52,11 @@ def shape_rows(name: str, batches: list[int], tokens: int, repeats: int) -> list
     import numpy as np
 
     from whisper_mlx import backends
-    from whisper_mlx.model import ModelDimensions, Whisper
 
-    dims = ModelDimensions(**SHAPES[name])
-    model = Whisper(dims)
-    model.set_dtype(mx.float16 if not runtime.on_cpu() else mx.float32)
-    mx.eval(model.parameters())
+    dims = gpu.shape(name)
+    model = gpu.random_mlx_model(dims, dtype=mx.float16 if not runtime.on_cpu() else mx.float32)
     backend = backends.attach(model)
-    prompt = np.array([[50258, 50259, 50360, 50364]])
+    prompt = np.array([gpu.prompt_tokens(dims)])
     rows = []
     for b in batches:
         mel = mx.random.normal((b, 2 * dims.n_audio_ctx, dims.n_mels)).astype(model.encoder.conv1.weight.dtype)
@@ -77,13 +69,7 @@ def shape_rows(name: str, batches: list[int], tokens: int, repeats: int) -> list
                 session.feed(step)
             session.pending_logits()  # waits for the last step
 
-        window_batch()  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            window_batch()
-            times.append(time.perf_counter() - start)
-        wall = min(times)
+        wall = core.time_call(window_batch, repeats, warmup=1, stat="min")  # the fastest, after a warm-up
         rows.append(dict(shape=name, backend=backend.name, batch=b, tokens=tokens, wall_s=round(wall, 4),
                          windows_per_s=round(b / wall, 2), rtf=round(30 * b / wall, 1)))
         print(rows[-1], flush=True)
@@ -95,7 +81,8 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=[])
     p.add_argument("--clips", nargs="*", default=[])
     p.add_argument("--repeat", type=int, default=4, help="times the clip list is repeated (fills large batches)")
-    p.add_argument("--shapes", nargs="*", default=[], choices=sorted(SHAPES))
+    p.add_argument("--shapes", nargs="*", default=[], choices=gpu.shape_names(), metavar="FAMILY",
+                   help="families run with random weights at their manifest's dims")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8, 16, 32])
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)

@@ -4,6 +4,7 @@
   python -m tools.convert --torch-name-or-path tiny.en --mlx-path mlx_models/tiny.en
   python -m tools.publish tiny.en-4bit --build-dir build --dry-run
   python -m tools.bench --check benchmarks/baseline.json
+  python -m tools.bench_gpu --shapes large-v3 --out benchmarks/gpu-h200.json
 
 Each parses its arguments and calls a zoo or benchmarks function; no logic lives here.
 """

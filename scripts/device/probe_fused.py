@@ -22,13 +22,11 @@ runtime.set_device("gpu")
 
 import mlx.core as mx  # noqa: E402
 
+from benchmarks import gpu  # noqa: E402
 from fused_lab import greedy  # noqa: E402
 from whisper_mlx.backends import backend_for  # noqa: E402
 from whisper_mlx.backends.cuda import FusedStep, sm_count  # noqa: E402
 from whisper_mlx.logit_rules import LogitRules  # noqa: E402
-from whisper_mlx.model import ModelDimensions  # noqa: E402
-from zoo import bench_gpu  # noqa: E402
-from zoo.manifest import find_family  # noqa: E402
 
 
 def med(fn, reps=5, warmup=1):
@@ -47,13 +45,13 @@ def main(shapes):
     for spec in shapes:
         name, _, dt = spec.partition(":")
         dtype = {"": mx.float16, "fp16": mx.float16, "fp32": mx.float32}[dt]
-        dims = ModelDimensions(**find_family(name).dims.model_dump())
-        model = bench_gpu.random_mlx_model(dims, dtype=dtype)
+        dims = gpu.shape(name)
+        model = gpu.random_mlx_model(dims, dtype=dtype)
         backend = backend_for(model)
         mel = mx.random.normal((1, 2 * dims.n_audio_ctx, dims.n_mels)).astype(dtype)
         feats = backend.encode(mel)
         mx.eval(feats)
-        prompt = (50258, 50259, 50360, 50364)[: 4 if dims.n_vocab >= 51865 else 3]
+        prompt = tuple(gpu.prompt_tokens(dims))
         ts_begin = dims.n_vocab - 1501
         with_rules = LogitRules(n_vocab=dims.n_vocab, eot=50257, sample_begin=len(prompt), timestamps=True,
                                 timestamp_begin=ts_begin, no_timestamps=ts_begin - 1, max_initial_timestamp=50)

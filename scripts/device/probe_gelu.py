@@ -18,11 +18,9 @@ runtime.set_device("gpu")
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
+from benchmarks import gpu  # noqa: E402
 from whisper_mlx.backends import backend_for  # noqa: E402
 from whisper_mlx.backends.cuda import gelu_cuda  # noqa: E402
-from whisper_mlx.model import ModelDimensions  # noqa: E402
-from zoo import bench_gpu  # noqa: E402
-from zoo.manifest import find_family  # noqa: E402
 
 
 def ms(fn, n=32, reps=10):
@@ -45,8 +43,8 @@ for dt in (mx.float16, mx.float32):
           f"{mx.abs(gelu_cuda(h).astype(mx.float32) - ref).max().item():.3g}", flush=True)
 
 for name in ("large-v3", "large-v3-turbo", "tiny"):
-    dims = ModelDimensions(**find_family(name).dims.model_dump())
-    model = bench_gpu.random_mlx_model(dims)
+    dims = gpu.shape(name)
+    model = gpu.random_mlx_model(dims)
     mel = mx.random.normal((1, 2 * dims.n_audio_ctx, dims.n_mels)).astype(mx.float16)
     backend = backend_for(model)
     new = ms(lambda: backend.encode(mel), n=4)

@@ -18,20 +18,18 @@ runtime.set_device("gpu")
 
 import mlx.core as mx  # noqa: E402
 
+from benchmarks import gpu  # noqa: E402
 from fused_lab import LabStep, greedy, phase_times  # noqa: E402
 from whisper_mlx.backends import backend_for  # noqa: E402
-from whisper_mlx.model import ModelDimensions  # noqa: E402
-from zoo import bench_gpu  # noqa: E402
-from zoo.manifest import find_family  # noqa: E402
 
 name = sys.argv[1]
 opts = {k: int(v) for k, v in (a.split("=") for a in sys.argv[2:])}
-dims = ModelDimensions(**find_family(name).dims.model_dump())
-model = bench_gpu.random_mlx_model(dims)
+dims = gpu.shape(name)
+model = gpu.random_mlx_model(dims)
 backend = backend_for(model)
 mel = mx.random.normal((1, 2 * dims.n_audio_ctx, dims.n_mels)).astype(mx.float16)
 feats = backend.encode(mel)
-prompt = (50258, 50259, 50360, 50364)
+prompt = tuple(gpu.prompt_tokens(dims))
 step = LabStep(backend, feats.shape[1], **opts)
 ref = greedy(backend, feats, prompt, 40, None)[0]
 try:

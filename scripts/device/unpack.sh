@@ -4,7 +4,7 @@
 # warm) and installs whatever the stream now holds complete, in pack.sh's order:
 #   MLX (CUDA)            -> /tmp/site, /tmp/env.sh written (PYTHONPATH, CUDA_HOME)
 #   whl.tar (av, pydantic, openai-whisper, ...) -> /tmp/site: whisper_mlx, zoo.manifest and the
-#                            PyTorch side of tools/bench_gpu.py import; random-weight benchmarks run
+#                            PyTorch side of `python -m tools.bench_gpu` import; random-weight benchmarks run
 #   OpenBLAS, clips.tar   -> /tmp/blas, $WHISPER_MLX_TEST_CACHE/clips
 #   tiny.en.pt, base.pt   -> the model directories tests/conftest.py expects (prepare_models.py)
 #   ray.tar (Ray and the deps the image lacks) -> /tmp/site
