@@ -14,6 +14,7 @@ import pytest
 import whisper_mlx
 from test_bad_input import run_cli, wer
 from test_vad import PAD_S, gap_clip  # noqa: F401  (the fixture)
+from whisper_mlx import batched
 from whisper_mlx.batched import transcribe_many
 
 
@@ -95,8 +96,8 @@ def test_batch_size_must_be_positive(tiny, short_clips):
 
 
 @pytest.mark.parametrize("vad_filter", [True, False], ids=["vad", "windows"])
-def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter):  # noqa: F811
-    """A file is read in two streaming passes (probabilities and length, then each chunk's audio
+def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter, monkeypatch):  # noqa: F811
+    """A long file (here: every file, KEEP_SECONDS = 0) is read in two streaming passes (probabilities and length, then each chunk's audio
     when its batch comes); its chunks, their samples and the result are exactly those of its
     samples given as an array (read whole, the path it always had). With the VAD: the gap clip,
     whose chunks join several regions with silences skipped between them; without: the long
@@ -105,6 +106,7 @@ def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter)
     from whisper_mlx.batched import BatchedTranscriber, BatchOptions
     from whisper_mlx.vad import VadOptions
 
+    monkeypatch.setattr(batched, "KEEP_SECONDS", 0.0)
     clip = gap_clip if vad_filter else clips["en_long_story"]
     path = str(clip.path)
     array = load_audio(path)
@@ -146,10 +148,13 @@ def test_a_streamed_file_detects_its_language_on_its_first_30_s(base_fp32_dir, c
     assert seen[0].size == N_SAMPLES and np.array_equal(seen[0], seen[1])
 
 
-def test_a_file_cut_short_after_its_first_reading_fails_alone(tiny, short_clips, tmp_path):
-    """An error that shows only on the second reading (the file was cut short after its length
-    and chunks were found) is that input's error, one line naming it; the others go on."""
+def test_a_file_cut_short_after_its_first_reading_fails_alone(tiny, short_clips, tmp_path, monkeypatch):
+    """An error that shows only on the second reading of a long file (here: every file,
+    KEEP_SECONDS = 0; the file was cut short after its length and chunks were found) is that
+    input's error, one line naming it; the others go on."""
     import shutil
+
+    monkeypatch.setattr(batched, "KEEP_SECONDS", 0.0)
 
     from whisper_mlx.audio import AudioError
 
@@ -172,6 +177,22 @@ def test_a_file_cut_short_after_its_first_reading_fails_alone(tiny, short_clips,
     assert str(victim) in str(results[1]) and "\n" not in str(results[1])
     alone = [r for _, _, r in transcribe_many(good, **options)]
     assert [results[0], results[2]] == alone
+
+
+def test_a_short_file_is_decoded_once(tiny, short_clips, monkeypatch):
+    """A file of at most KEEP_SECONDS keeps its samples from the first reading: one decoding,
+    and the same result as the streamed two-pass reading."""
+    calls = []
+    decode = batched.decode_chunks
+    monkeypatch.setattr(batched, "decode_chunks", lambda file: calls.append(file) or decode(file))
+    path = str(short_clips[0].path)
+    options = dict(model=tiny, batch_size=4, temperature=0.0)
+    [(_, _, once)] = transcribe_many([path], **options)
+    assert calls == [path]
+    monkeypatch.setattr(batched, "KEEP_SECONDS", 0.0)
+    [(_, _, twice)] = transcribe_many([path], **options)
+    assert calls == [path, path, path]
+    assert isinstance(once, dict) and once == twice
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import whisper_mlx
+from whisper_mlx import backends
 from conftest import openai_reference
 
 OPTIONS = dict(temperature=0.0, word_timestamps=True)
@@ -50,11 +51,19 @@ def pair(request, tiny_en_fp32_dir, base_fp32_dir):
     return name, model_dir, whisper_mlx.load_model(model_dir, backend=backend)
 
 
+# Clips per case: every parity clip for the default backend's greedy decoding; beam search (its
+# openai-whisper reference is the suite's costliest computation) and the MLX-graph backend (MLX's
+# own float32 CPU kernels) take the first few, which keeps CI within its time.
+SUBSET = 4
+
+
 @pytest.mark.parametrize("options", [OPTIONS, BEAM], ids=["greedy", "beam5"])
 def test_english_transcripts_identical_to_reference(pair, clips, options):
     name, model_dir, model = pair
     english = [c for c in clips.values() if c.split == "parity"]
     assert len(english) >= 8
+    if options is BEAM or backends.backend_for(model).name == "mlx":
+        english = english[:SUBSET]
     diffs = []
     for clip in english:
         ref = reference(name, model_dir, clip.path, **options)
@@ -102,7 +111,7 @@ def test_float16_compute_transcribes_like_float32(tiny_en_fp16_dir, tiny_en_fp32
     fp16 = whisper_mlx.load_model(tiny_en_fp16_dir, dtype="float16", backend="mlx")
     assert fp16.decoder.token_embedding.weight.dtype == mx.float16
     fp32 = whisper_mlx.load_model(tiny_en_fp32_dir)
-    for clip in [c for c in clips.values() if c.split == "parity"][:4]:
+    for clip in [c for c in clips.values() if c.split == "parity"][:2]:
         a = whisper_mlx.transcribe(str(clip.path), model=fp16, temperature=0.0)
         b = whisper_mlx.transcribe(str(clip.path), model=fp32, temperature=0.0)
         assert a["text"] == b["text"]

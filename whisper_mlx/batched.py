@@ -8,10 +8,11 @@ before it (as faster-whisper's BatchedInferencePipeline). Segments and word time
 chunk and are mapped back to the original audio's time. Inputs are read one at a time, only as
 the queue of chunks needs them; a file's result is handed out as soon as its last chunk is done.
 
-A file is never held whole (a 1-hour file is 230 MB of float32 samples): pass 1 decodes it as a
-stream for its length, its speech probabilities (the VAD's state carried from block to block) and
-its first 30 s (language detection); pass 2 decodes it again and cuts each chunk's audio only when
-a batch takes that chunk, forgetting the samples behind it. Waveforms given as arrays, and inputs
+A long file is never held whole (a 1-hour file is 230 MB of float32 samples): pass 1 decodes it
+as a stream for its length, its speech probabilities (the VAD's state carried from block to block)
+and its first 30 s (language detection); pass 2 decodes it again and cuts each chunk's audio only
+when a batch takes that chunk, forgetting the samples behind it. A file of at most KEEP_SECONDS
+keeps its samples from pass 1 instead (decoded once). Waveforms given as arrays, and inputs
 readable only once (standard input, pipes, URLs), are in memory already (or read into it).
 """
 
@@ -38,6 +39,10 @@ from .vad import (INSTALL_HINT, SpeechChunk, SpeechProbabilityStream, VadOptions
                   merge_chunks, onnxruntime_available, require_onnxruntime, speech_timestamps_from_probabilities)
 
 Audio = str | Path | np.ndarray
+
+# Files up to this long keep their samples from the first reading (a few MB each; at most about a
+# batch of inputs is open at once); longer ones are decoded a second time, chunk by chunk.
+KEEP_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -191,13 +196,21 @@ class BatchedTranscriber:
 
     def _open_file(self, index: int, path: str | Path) -> _Source:
         """Pass 1 over a file, decoded as a stream: its length, its chunks (from the speech
-        probabilities with the VAD) and its language (from its first 30 s); no more is kept."""
+        probabilities with the VAD) and its language (from its first 30 s). A file of at most
+        KEEP_SECONDS keeps its samples from this pass (no second decoding); a longer one keeps none
+        and is decoded again chunk by chunk (`_FileChunks`)."""
         name = str(path)
         vad = SpeechProbabilityStream() if self.options.vad_filter else None
         head: list[np.ndarray] = []  # the first 30 s, when the language is detected
+        kept: list[np.ndarray] | None = []  # every block while the file is short enough to keep
+        keep_samples = int(KEEP_SECONDS * SAMPLE_RATE)
         wants_head = self._detects_language
         n_samples = 0
         for block in decode_chunks(name):
+            if kept is not None:
+                kept.append(block)
+                if n_samples + block.size > keep_samples:
+                    kept = None
             if vad is not None or (wants_head and n_samples < N_SAMPLES):
                 samples = block.astype(np.float32) / 32768.0  # load_audio's values
                 if vad is not None:
@@ -212,6 +225,10 @@ class BatchedTranscriber:
             chunks = _windows_of(n_samples)
         first = np.concatenate(head) if head else np.zeros(0, np.float32)
         language = self._language(first) if chunks else (self.decode_options.get("language") or "en")
+        if kept is not None:
+            samples = np.concatenate(kept).astype(np.float32) if kept else np.zeros(0, np.float32)
+            samples /= 32768.0
+            return _Source(index, name, n_samples / SAMPLE_RATE, language, chunks, path, audio=samples)
         return _Source(index, name, n_samples / SAMPLE_RATE, language, chunks, path,
                        file=_FileChunks(name, n_samples) if chunks else None)
 
