@@ -40,9 +40,10 @@ from .vad import (INSTALL_HINT, SpeechChunk, SpeechProbabilityStream, VadOptions
 
 Audio = str | Path | np.ndarray
 
-# Files up to this long keep their samples from the first reading (a few MB each; at most about a
-# batch of inputs is open at once); longer ones are decoded a second time, chunk by chunk.
-KEEP_SECONDS = 120.0
+# Files up to this long keep their samples from the first reading (at most 19 MB of float32 each;
+# inputs are opened only while the queue holds fewer chunks than a batch, so few are open at once);
+# longer ones are decoded a second time, chunk by chunk.
+KEEP_SECONDS = 300.0
 
 
 @dataclass(frozen=True)

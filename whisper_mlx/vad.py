@@ -142,8 +142,9 @@ def _session():
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    # one thread: the LSTM runs frame after frame anyway, and decoding owns the cores
-    options.intra_op_num_threads = 1
+    # two threads: the convolutional encoder over a group of frames splits across them (the LSTM
+    # runs frame after frame anyway); the VAD runs between decoding batches, not beside them
+    options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
