@@ -251,3 +251,37 @@ def test_a_long_file_is_not_held_whole(tiny, clips, long_file, vad_filter, monke
     truth = f'{clips["en_weather"].text} {clips["en_long_story"].text}'
     assert wer(truth, results[0]["text"]) <= 0.2, results[0]["text"]
     assert results[0]["segments"][-1]["end"] > 640
+
+
+def test_the_next_input_is_read_while_the_model_works(tiny, short_clips, monkeypatch):
+    """Pass 1 of the next input runs on the read-ahead thread, started before the batch of the
+    input before it has left the encoder; the results are those of one input at a time."""
+    import threading
+    import time
+
+    from whisper_mlx.batched import BatchedTranscriber
+
+    events = []
+    read, encode = BatchedTranscriber._read, batched.embed_audio
+
+    def reading(self, index, audio):
+        events.append(("read", index, threading.current_thread().name, time.perf_counter()))
+        return read(self, index, audio)
+
+    def encoding(model, mel):
+        out = encode(model, mel)
+        events.append(("encoded", None, threading.current_thread().name, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(BatchedTranscriber, "_read", reading)
+    monkeypatch.setattr(batched, "embed_audio", encoding)
+    paths = [str(c.path) for c in short_clips[:3]]
+    options = dict(model=tiny, batch_size=1, temperature=0.0)
+    together = sorted(transcribe_many(paths, **options), key=lambda r: r[0])
+    reads = [e for e in events if e[0] == "read"]
+    assert [e[1] for e in reads] == [0, 1, 2]
+    assert all(e[2].startswith("whisper-mlx-read") for e in reads), reads
+    first_encoded = next(e for e in events if e[0] == "encoded")
+    assert reads[1][3] < first_encoded[3]  # input 1 was being read while input 0 was encoded
+    one_at_a_time = [r for p in paths for _, _, r in transcribe_many([p], **options)]
+    assert [r for _, _, r in together] == one_at_a_time

@@ -12,7 +12,8 @@ A long file is never held whole (a 1-hour file is 230 MB of float32 samples): pa
 as a stream for its length, its speech probabilities (the VAD's state carried from block to block)
 and its first 30 s (language detection); pass 2 decodes it again and cuts each chunk's audio only
 when a batch takes that chunk, forgetting the samples behind it. A file of at most KEEP_SECONDS
-keeps its samples from pass 1 instead (decoded once). Waveforms given as arrays, and inputs
+keeps its samples from pass 1 instead (decoded once). Pass 1 of the next input runs on a worker thread
+while the model decodes (`_reads`: decoding audio and the VAD, never the model). Waveforms given as arrays, and inputs
 readable only once (standard input, pipes, URLs), are in memory already (or read into it).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -112,6 +114,21 @@ class _FileChunks:
 
 
 @dataclass(eq=False)
+class _Read:
+    """An input as its first reading leaves it: length, chunks, first 30 s, and where the chunks'
+    audio comes from (its samples, or a file's second reading)."""
+
+    index: int
+    name: str
+    input: Audio
+    n_samples: int
+    chunks: list[SpeechChunk]
+    head: np.ndarray  # the first 30 s (empty when the language need not be detected)
+    samples: np.ndarray | None = None
+    file: _FileChunks | None = None
+
+
+@dataclass(eq=False)
 class _Source:
     """One input: its chunks, where their audio comes from, and their segments as they are decoded."""
 
@@ -184,20 +201,32 @@ class BatchedTranscriber:
         return max(probs, key=probs.get)
 
     def _open(self, index: int, audio: Audio) -> _Source:
+        """An input read (`_read`) and its language found."""
+        return self._source(self._read(index, audio))
+
+    def _source(self, read: _Read) -> _Source:
+        """The source of a read input; its language detected here (the model runs on this thread)."""
+        language = self._language(read.head) if read.chunks else (self.decode_options.get("language") or "en")
+        return _Source(read.index, read.name, read.n_samples / SAMPLE_RATE, language, read.chunks, read.input,
+                       audio=read.samples, file=read.file)
+
+    def _read(self, index: int, audio: Audio) -> _Read:
+        """An input's length, chunks and first 30 s, without the model (so it may run on the
+        read-ahead thread): a file through `_read_file`; an input readable once (standard input, a
+        pipe, a URL) read into memory; an array as it is."""
         if isinstance(audio, (str, Path)):
             if not single_pass(str(audio)):
-                return self._open_file(index, audio)
+                return self._read_file(index, audio)
             samples = load_audio(str(audio))  # stdin, a pipe, a URL: readable once, so read into memory
         else:
             samples = np.asarray(audio, np.float32)
         name = str(audio) if isinstance(audio, (str, Path)) else f"<array {index}>"
-        chunks = _chunks(samples, self.options)
-        language = self._language(samples) if chunks else (self.decode_options.get("language") or "en")
-        return _Source(index, name, samples.size / SAMPLE_RATE, language, chunks, audio, audio=samples)
+        return _Read(index, name, audio, samples.size, _chunks(samples, self.options), samples[:N_SAMPLES],
+                     samples=samples)
 
-    def _open_file(self, index: int, path: str | Path) -> _Source:
+    def _read_file(self, index: int, path: str | Path) -> _Read:
         """Pass 1 over a file, decoded as a stream: its length, its chunks (from the speech
-        probabilities with the VAD) and its language (from its first 30 s). A file of at most
+        probabilities with the VAD) and its first 30 s (for the language). A file of at most
         KEEP_SECONDS keeps its samples from this pass (no second decoding); a longer one keeps none
         and is decoded again chunk by chunk (`_FileChunks`)."""
         name = str(path)
@@ -225,30 +254,49 @@ class BatchedTranscriber:
         else:
             chunks = _windows_of(n_samples)
         first = np.concatenate(head) if head else np.zeros(0, np.float32)
-        language = self._language(first) if chunks else (self.decode_options.get("language") or "en")
         if kept is not None:
             samples = np.concatenate(kept).astype(np.float32) if kept else np.zeros(0, np.float32)
             samples /= 32768.0
-            return _Source(index, name, n_samples / SAMPLE_RATE, language, chunks, path, audio=samples)
-        return _Source(index, name, n_samples / SAMPLE_RATE, language, chunks, path,
-                       file=_FileChunks(name, n_samples) if chunks else None)
+            return _Read(index, name, path, n_samples, chunks, first, samples=samples)
+        return _Read(index, name, path, n_samples, chunks, first,
+                     file=_FileChunks(name, n_samples) if chunks else None)
+
+    def _reads(self, inputs: Iterable[Audio]) -> Iterator[tuple[int, Audio, _Read | Exception]]:
+        """The inputs read in order, one ahead on a worker thread: while the model works on what
+        was read, the next input is decoded (and its VAD run). The next input is taken from
+        `inputs` only once the one before it is read, as without the thread."""
+        items = iter(enumerate(inputs))
+        with ThreadPoolExecutor(1, thread_name_prefix="whisper-mlx-read") as pool:
+            item = next(items, None)
+            future = pool.submit(self._read, *item) if item is not None else None
+            while item is not None:
+                try:
+                    read: _Read | Exception = future.result()
+                except Exception as e:  # one bad input must not stop the others
+                    read = e
+                following = next(items, None)
+                future = pool.submit(self._read, *following) if following is not None else None
+                yield item[0], item[1], read
+                item = following
 
     def run(self, inputs: Iterable[Audio]) -> Iterator[tuple[int, Audio, dict | Exception]]:
         """Yield (index, input, result or the exception that input raised) as inputs complete."""
         pending: deque[tuple[_Source, int]] = deque()  # chunks not yet decoded
-        inputs = iter(enumerate(inputs))
+        reads = self._reads(inputs)
         exhausted = False
         batch_size = self.options.batch_size
         with tqdm.tqdm(unit="audio s", disable=None, leave=False) as bar:
             while True:
                 while not exhausted and len(pending) < batch_size:
                     try:
-                        index, audio = next(inputs)
+                        index, audio, read = next(reads)
                     except StopIteration:
                         exhausted = True
                         break
                     try:
-                        source = self._open(index, audio)
+                        if isinstance(read, Exception):
+                            raise read
+                        source = self._source(read)
                     except Exception as e:  # one bad input must not stop the others
                         yield index, audio, e
                         continue
