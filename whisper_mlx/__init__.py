@@ -4,6 +4,7 @@ from . import runtime  # noqa: F401  (first: picks an optimized BLAS before mlx.
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .load import ModelLoadError, load_model
 from .transcribe import transcribe
+from .batched import transcribe_many  # noqa: E402  (after transcribe: it imports from there)
 from .vad import VadOptions
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __all__ = [
     "detect_language",
     "load_model",
     "transcribe",
+    "transcribe_many",
     "VadOptions",
     "__version__",
 ]
