@@ -21,7 +21,7 @@ import yaml
 
 import whisper_mlx
 from hub_server import PYTHON, TEST_CACHE, HubServer, client_env, run
-from test_transformers_source import CLIP, HEADS, _hf_logits, make_model
+from test_transformers_source import CLIP, HEADS, _hf_logits, hf  # noqa: F401  (hf: the fixture)
 from zoo.manifest import DEFAULTS_FILE, MANIFESTS_DIR
 
 REPO = "distil-test/tiny-distil"
@@ -30,20 +30,12 @@ SUFFIXES = ("fp16", "fp32", "8bit", "4bit")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    model = make_model()
-    d = tmp_path_factory.mktemp("hf") / "tiny-distil"
-    model.save_pretrained(d)
-    return model, d
-
-
-@pytest.fixture(scope="module")
-def hub(model_dir):
+def hub(hf):
     """The server, holding REPO (the random checkpoint, in three commits), a repo whose config
     is not Whisper's and one whose checkpoint lacks a tensor."""
     import mlx.core as mx
 
-    _, d = model_dir
+    _, d = hf
     with HubServer(orgs=("whisper-mlx", "distil-test")) as server:
         for name in ("config.json", "generation_config.json", "model.safetensors"):
             server.put_file(REPO, name, (d / name).read_bytes())
@@ -97,9 +89,9 @@ def _rows(stdout: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def pinned(hub, model_dir, tmp_path_factory):
+def pinned(hub, hf, tmp_path_factory):
     """The four variants built from the repo pinned at its commit, every file's digest given."""
-    _, d = model_dir
+    _, d = hf
     home = tmp_path_factory.mktemp("pinned")
     revision = hub.head(REPO).sha
     digests = {n: _sha256(d / n) for n in ("config.json", "generation_config.json", "model.safetensors")}
@@ -110,7 +102,7 @@ def pinned(hub, model_dir, tmp_path_factory):
             "stdout": done.stdout}
 
 
-def test_pinned_repo_builds_and_gates_against_transformers(pinned, hub, model_dir):
+def test_pinned_repo_builds_and_gates_against_transformers(pinned, hub, hf):
     out, revision = pinned["out"], pinned["revision"]
     rows = _rows(pinned["stdout"])
     assert [(n, r[:2]) for n, r in rows.items()] == [(f"{FAMILY}-{s}", ["built", "pass"]) for s in SUFFIXES]
@@ -142,14 +134,14 @@ def test_pinned_repo_builds_and_gates_against_transformers(pinned, hub, model_di
     assert f"| max_logit_diff | 0.0001 | {fp32['metrics']['max_logit_diff']} | pass |" in card
 
 
-def test_built_variants_compute_what_transformers_computes(pinned, model_dir):
+def test_built_variants_compute_what_transformers_computes(pinned, hf):
     """Independently of the gates: the built fp32 directory's logits are transformers' to 1e-4
     (the random model in this process, not one rebuilt from the converted weights), and the
     quantized variants load and transcribe."""
     from zoo.gates import first_window
     from zoo.speech import make_clips
 
-    model_hf, _ = model_dir
+    model_hf, _ = hf
     clip = make_clips(TEST_CACHE / "clips", [CLIP])[CLIP]
     mel = first_window(clip.path, 128)
     model = whisper_mlx.load_model(str(pinned["out"] / f"{FAMILY}-fp32"))
@@ -252,7 +244,7 @@ def _convert(hub, home: Path, *args: str, **env: str):
     return run([PYTHON, "-m", "tools.convert", *args], client_env(hub, home, **env))
 
 
-def test_convert_tool_takes_a_hub_repo_id(hub, pinned, model_dir, tmp_path):
+def test_convert_tool_takes_a_hub_repo_id(hub, pinned, hf, tmp_path):
     """Issue 18 point 4: --torch-name-or-path ORG/NAME (--revision) as mlx-examples' converter
     takes it, through the Hub client; the output loads, with the checkpoint's heads."""
     done = _convert(hub, tmp_path / "hf", "--torch-name-or-path", REPO, "--revision", pinned["revision"],
