@@ -258,30 +258,47 @@ static inline void dot_store(const dot_job *job, int i, int j, float acc) {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+/* The sum of a's 8 lanes. */
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 a) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* Up to 4 rows of x against one row of w at a time: each 8 values of w are converted once and
+ * used by every row (at batch > 1 the conversions, not the bytes, were the cost). Each row's sum
+ * runs in the order of a one-row product (two accumulators, alternate blocks of 8), so a row's
+ * result does not depend on its neighbours. */
 __attribute__((target("avx2,fma,f16c"))) static void dots_f16c(const dot_job *job, int j0, int j1) {
     const int m = job->m, k = job->k, k8 = k & ~7;
     for (int j = j0; j < j1; j++) {
         const uint16_t *row = job->w + (size_t)j * k;
-        for (int i = 0; i < m; i++) {
-            const float *x = job->x + (size_t)i * k;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int i = 0; i < m; i += 4) {
+            const int r = m - i < 4 ? m - i : 4;
+            const float *x[4];
+            for (int q = 0; q < 4; q++) x[q] = job->x + (size_t)(i + (q < r ? q : 0)) * k;
+            __m256 a[4], b[4];
+            for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();
             int kk = 0;
             for (; kk + 16 <= k8; kk += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk))), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk + 8),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk + 8))), a1);
+                __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk)));
+                __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk + 8)));
+                for (int q = 0; q < 4; q++) {
+                    a[q] = _mm256_fmadd_ps(_mm256_loadu_ps(x[q] + kk), w0, a[q]);
+                    b[q] = _mm256_fmadd_ps(_mm256_loadu_ps(x[q] + kk + 8), w1, b[q]);
+                }
             }
-            for (; kk < k8; kk += 8)
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk))), a0);
-            a0 = _mm256_add_ps(a0, a1);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            float acc = _mm_cvtss_f32(h);
-            for (; kk < k; kk++) acc += x[kk] * _cvtsh_ss(row[kk]);
-            dot_store(job, i, j, acc);
+            if (kk < k8) {
+                __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + kk)));
+                for (int q = 0; q < 4; q++) a[q] = _mm256_fmadd_ps(_mm256_loadu_ps(x[q] + kk), w0, a[q]);
+                kk += 8;
+            }
+            for (int q = 0; q < r; q++) {
+                float acc = hsum8(_mm256_add_ps(a[q], b[q]));
+                for (int t = kk; t < k; t++) acc += x[q][t] * _cvtsh_ss(row[t]);
+                dot_store(job, i + q, j, acc);
+            }
         }
     }
 }
@@ -307,6 +324,88 @@ static void dots_generic(const dot_job *job, int j0, int j1) {
 }
 
 static void dots(const dot_job *job, int j0, int j1) { (have_f16c() ? dots_f16c : dots_generic)(job, j0, j1); }
+
+/* ---- float16 vectors: conversion, y += a x, and dot products ------------------------------ */
+
+/* float -> IEEE half bits, rounded to nearest even (as _mm256_cvtps_ph and NumPy), for the portable path. */
+static inline uint16_t float_to_half(float f) {
+    union { float f; uint32_t u; } v = {f};
+    uint32_t sign = (v.u >> 16) & 0x8000, x = v.u & 0x7fffffff;
+    if (x >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (x > 0x7f800000 ? 0x200 : 0)); /* inf, nan */
+    if (x >= 0x477ff000) return (uint16_t)(sign | 0x7c00);                                  /* overflow */
+    if (x < 0x38800000) { /* subnormal half (or zero): shift the mantissa, round to nearest even */
+        if (x < 0x33000000) return (uint16_t)sign;
+        uint32_t e = x >> 23, m = (x & 0x7fffff) | 0x800000, shift = 126 - e;
+        uint32_t h = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        h += rest > half || (rest == half && (h & 1));
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((x - 0x38000000) >> 13), rest = x & 0x1fff;
+    h += rest > 0x1000 || (rest == 0x1000 && (h & 1));
+    return (uint16_t)(sign | h);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma,f16c"))) static void to_halves_f16c(uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = float_to_half(src[i]);
+}
+/* y[0, n) += a * x[0, n), x float16 */
+__attribute__((target("avx2,fma,f16c"))) static void axpy_f16c(float *y, float a, const uint16_t *x, int n) {
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))),
+                                                _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * _cvtsh_ss(x[i]);
+}
+/* y[0, n) . x[0, n), x float16, summed in float32 */
+__attribute__((target("avx2,fma,f16c"))) static float dot_f16c(const float *y, const uint16_t *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(y + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(y + i + 8),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i + 8))), a1);
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float acc = _mm_cvtss_f32(h);
+    for (; i < n; i++) acc += y[i] * _cvtsh_ss(x[i]);
+    return acc;
+}
+#else
+static void to_halves_f16c(uint16_t *dst, const float *src, size_t n) { (void)dst, (void)src, (void)n; }
+static void axpy_f16c(float *y, float a, const uint16_t *x, int n) { (void)y, (void)a, (void)x, (void)n; }
+static float dot_f16c(const float *y, const uint16_t *x, int n) { (void)y, (void)x, (void)n; return 0.0f; }
+#endif
+
+static void to_halves(uint16_t *dst, const float *src, size_t n) {
+    if (have_f16c()) {
+        to_halves_f16c(dst, src, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
+}
+
+static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
+    if (have_f16c()) {
+        axpy_f16c(y, a, x, n);
+        return;
+    }
+    for (int i = 0; i < n; i++) y[i] += a * half_to_float(x[i]);
+}
+
+static float dot_f16(const float *y, const uint16_t *x, int n) {
+    if (have_f16c()) return dot_f16c(y, x, n);
+    float acc = 0.0f;
+    for (int i = 0; i < n; i++) acc += y[i] * half_to_float(x[i]);
+    return acc;
+}
 
 #define WM_VOCAB_ROWS 2048
 
@@ -350,8 +449,8 @@ enum {
 };
 /* Each layer's caches: self-attention keys and values (batch, n_ctx, n_state), written at the
  * new positions; cross-attention keys and values, each (n_state, n_audio_ctx) = per head
- * (d, n_audio_ctx), projected once per window (wm_cross_kv): row b reads window cross_index[b]'s,
- * cross_stride floats apart. */
+ * (d, n_audio_ctx), projected once per window (wm_cross_kv, or wm_cross_kv_f16 when the step's
+ * cross_f16 is set): row b reads window cross_index[b]'s, cross_stride values apart. */
 enum { C_SELF_K, C_SELF_V, C_CROSS_K, C_CROSS_V, C_CACHES };
 
 /* After the layers, the table holds the decoder's own parameters: positional embedding
@@ -362,7 +461,8 @@ typedef struct {
     const float *const *params;
     float *const *caches;
     int n_layer, c, n_head, d, n_ctx, s_a, n_vocab, batch, t, offset, end, n, n_rows, n_threads;
-    long cross_stride; /* floats between windows of the cross-attention keys/values */
+    long cross_stride; /* values between windows of the cross-attention keys/values */
+    int cross_f16;     /* those keys/values are float16 (else float32) */
     float alpha;
     const int32_t *tokens, *rows, *cross_index; /* cross_index: each row's window */
     float *x, *q, *o, *mlp, *logits;
@@ -531,6 +631,20 @@ static void head_attention(const float *q, int ldq, const float *k, int ldk, int
     }
 }
 
+/* Cross-attention of one head for t query rows over a window's keys and values stored as
+ * float16, each transposed (d x s, stride s) as wm_cross_kv_f16 writes them: the scores row by
+ * row of the keys (y += a x over s), the outputs as dot products with the rows of the values,
+ * so each stored value is read once per step (from memory), whatever t. */
+static void head_attention_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, float *out, int ldo,
+                               int t, int s, int d, float alpha, float *w, float *sums) {
+    for (size_t i = 0; i < (size_t)t * s; i++) w[i] = 0.0f;
+    for (int j = 0; j < d; j++)
+        for (int r = 0; r < t; r++) axpy_f16(w + (size_t)r * s, alpha * q[(size_t)r * ldq + j], k + (size_t)j * s, s);
+    exp2_rows(w, t, s, s, sums);
+    for (int j = 0; j < d; j++)
+        for (int r = 0; r < t; r++) out[(size_t)r * ldo + j] = dot_f16(w + (size_t)r * s, v + (size_t)j * s, s) / sums[r];
+}
+
 #define W(i) ((const uint16_t *)p[i]) /* a float16 weight matrix of the layer */
 
 #ifndef WM_CHUNKS
@@ -596,8 +710,13 @@ static void step_thread(step_job *job, int k) {
             int b = item / job->n_head, hd = item % job->n_head;
             size_t row = (size_t)b * t * c + hd * d,
                    at = (size_t)job->cross_index[b] * job->cross_stride + (size_t)hd * d * s_a;
-            head_attention(job->q + row, c, cache[C_CROSS_K] + at, 0, 1, cache[C_CROSS_V] + at, 0, job->o + row,
-                           c, t, s_a, d, job->alpha, -1, w, sums);
+            if (job->cross_f16)
+                head_attention_f16(job->q + row, c, (const uint16_t *)cache[C_CROSS_K] + at,
+                                   (const uint16_t *)cache[C_CROSS_V] + at, job->o + row, c, t, s_a, d, job->alpha, w,
+                                   sums);
+            else
+                head_attention(job->q + row, c, cache[C_CROSS_K] + at, 0, 1, cache[C_CROSS_V] + at, 0, job->o + row,
+                               c, t, s_a, d, job->alpha, -1, w, sums);
         }
         barrier(job, &sense);
         while ((item = take(job)) < parts) {
@@ -660,7 +779,7 @@ static void *step_worker(void *arg) {
  * phases; the BLAS runs on one thread meanwhile. Returns 0, -1 out of memory, -2 past
  * n_ctx. */
 int wm_decode_tokens(const float *const *params, float *const *caches, int n_layer, int n_state, int n_head,
-                     int n_ctx, int n_audio_ctx, long cross_stride, const int32_t *cross_index, int n_vocab,
+                     int n_ctx, int n_audio_ctx, long cross_stride, int cross_f16, const int32_t *cross_index, int n_vocab,
                      const int32_t *tokens, int batch, int t, int offset, const int32_t *rows, int n_rows, float *logits,
                      int n_threads) {
     if (offset + t > n_ctx) return -2;
@@ -668,7 +787,7 @@ int wm_decode_tokens(const float *const *params, float *const *caches, int n_lay
     if (n_threads > 64) n_threads = 64;
     int n = batch * t, end = offset + t, s_max = n_audio_ctx > end ? n_audio_ctx : end, c = n_state;
     step_job job = {.params = params, .caches = caches, .n_layer = n_layer, .c = c, .n_head = n_head,
-                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .cross_stride = cross_stride, .n_vocab = n_vocab, .batch = batch,
+                    .d = c / n_head, .n_ctx = n_ctx, .s_a = n_audio_ctx, .cross_stride = cross_stride, .cross_f16 = cross_f16, .n_vocab = n_vocab, .batch = batch,
                     .t = t, .offset = offset, .end = end, .n = n, .n_rows = n_rows, .n_threads = n_threads,
                     .alpha = 1.4426950408889634f / sqrtf((float)(c / n_head)), .tokens = tokens, .rows = rows,
                     .logits = logits, .cross_index = cross_index, .hrows = n > batch * n_rows ? n : batch * n_rows};
@@ -807,6 +926,17 @@ void wm_cross_kv(const float *xa, int s, int c, int n_layer, const float *const 
         for (int r = 0; r < c; r++)
             for (int j = 0; j < s; j++) v_t[(size_t)r * s + j] = p[2][r];
         cblas_sgemm(RowMajor, NoTrans, Trans, c, s, c, 1.0f, p[1], c, xa, c, 1.0f, v_t, s);
+    }
+}
+
+/* wm_cross_kv stored as float16 (rounded to nearest even), for a step with cross_f16: the bytes a
+ * step streams for many windows' rows are mostly these. tmp: one layer's float32 keys and values
+ * (2 c s floats) on the way. */
+void wm_cross_kv_f16(const float *xa, int s, int c, int n_layer, const float *const *params, float *tmp,
+                     uint16_t *out) {
+    for (int l = 0; l < n_layer; l++) {
+        wm_cross_kv(xa, s, c, 1, params + 3 * (size_t)l, tmp);
+        to_halves(out + (size_t)2 * l * c * s, tmp, (size_t)2 * c * s);
     }
 }
 

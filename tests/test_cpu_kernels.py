@@ -164,10 +164,14 @@ class _Graph:
     """model.py's decoder graph over rows: cross-attention keys/values repeated per row (the
     straightforward layout the C cache's per-window one must match), caches reindexed by row."""
 
-    def __init__(self, dec, features: mx.array, rows: int):
+    def __init__(self, dec, features: mx.array, rows: int, float16_cross: bool = False):
         per = rows // features.shape[0]
         self.dec, self.kv = dec, None
-        self.cross = [(mx.repeat(k, per, axis=0), mx.repeat(v, per, axis=0)) for k, v in dec.cross_kv(features)]
+        cross = dec.cross_kv(features)
+        if float16_cross:  # the values the C cache holds: rounded to float16
+            cross = [(k.astype(mx.float16).astype(mx.float32), v.astype(mx.float16).astype(mx.float32))
+                     for k, v in cross]
+        self.cross = [(mx.repeat(k, per, axis=0), mx.repeat(v, per, axis=0)) for k, v in cross]
 
     def logits(self, tokens: np.ndarray, rows) -> np.ndarray:
         hidden, self.kv = self.dec(mx.array(tokens), self.cross, self.kv)
@@ -179,15 +183,21 @@ class _Graph:
         self.cross = [(k[idx], v[idx]) for k, v in self.cross]
 
 
-def test_decoder_kernel_matches_the_mlx_decoder():
+@pytest.mark.parametrize("float16_cross", [False, True], ids=["float32-cross", "float16-cross"])
+def test_decoder_kernel_matches_the_mlx_decoder(float16_cross):
     """Two windows, three rows each: prompt rows, single steps, rows reordered across windows,
     dropped and grown back: the C decoder's logits equal the MLX graph's with cross-attention
-    keys/values held once per window."""
+    keys/values held once per window (float16: the graph's keys/values rounded as the cache's)."""
     dec, rng = _small_decoder()
     kernel = _decoder_kernel(dec)
     features = mx.array(rng.normal(size=(2, 37, 64)).astype(np.float32))
     tokens = rng.integers(0, 700, size=(6, 5))
-    graph, cache = _Graph(dec, features, 6), cpu_kernels.DecoderCache(kernel, features, 6)
+    graph = _Graph(dec, features, 6, float16_cross)
+    cache = cpu_kernels.DecoderCache(kernel, features, 6, float16_cross)
+    if float16_cross:  # the C conversion rounds as NumPy's (to nearest even)
+        float32_cache = cpu_kernels.DecoderCache(kernel, features, 6)
+        assert cache.cross.dtype == np.float16
+        np.testing.assert_array_equal(cache.cross, float32_cache.cross.astype(np.float16))
     assert cache.cross.shape[0] == 2 and cache.rows == 6 and cache.cross_index.tolist() == [0, 0, 0, 1, 1, 1]
     reorders = {4: [2, 2, 0, 5, 3, 3], 7: [4, 0, 1], 9: [2, 2, 1, 0]}  # permute, drop rows, grow to 4
     for step in range(12):
@@ -226,7 +236,8 @@ def test_decoder_cache_rejects_bad_shapes_and_stops_at_the_context_length():
             cache.rearrange(bad)
 
 
-def test_decoder_kernel_follows_the_mlx_graph_on_real_speech(tiny_en_fp32_dir, clips):
+@pytest.mark.parametrize("float16_cross", [False, True], ids=["float32-cross", "float16-cross"])
+def test_decoder_kernel_follows_the_mlx_graph_on_real_speech(tiny_en_fp32_dir, clips, float16_cross):
     """tiny.en on two real windows, two rows each, tokens picked by the C picker (each window's
     second row takes its second-best token, so rows differ), rows reordered like beams and then
     dropped like finished ones: the C decoder's logits stay the MLX graph's at every step."""
@@ -247,7 +258,8 @@ def test_decoder_kernel_follows_the_mlx_graph_on_real_speech(tiny_en_fp32_dir, c
                        timestamps=True, timestamp_begin=tok.timestamp_begin, no_timestamps=tok.no_timestamps,
                        max_initial_timestamp=50)
     tokens = np.array([prompt] * 4)
-    graph, cache = _Graph(dec, features, 4), cpu_kernels.DecoderCache(kernel, features, 4)
+    graph = _Graph(dec, features, 4, float16_cross)
+    cache = cpu_kernels.DecoderCache(kernel, features, 4, float16_cross)
     reorders = {6: [1, 1, 3, 2], 12: [0, 3]}
     for step in range(18):
         new = tokens if step == 0 else tokens[:, -1:]

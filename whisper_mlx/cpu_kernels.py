@@ -55,9 +55,10 @@ def load(blas_path: str) -> bool:
     lib.wm_logits_f16.argtypes = [_P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.wm_gemv_calls.restype = ctypes.c_long
     lib.wm_encode.argtypes = [_P] + [ctypes.c_int] * 5 + [_P, _P, ctypes.c_int]
-    lib.wm_decode_tokens.argtypes = ([_P, _P] + [ctypes.c_int] * 5 + [ctypes.c_long, _P, ctypes.c_int, _P]
+    lib.wm_decode_tokens.argtypes = ([_P, _P] + [ctypes.c_int] * 5 + [ctypes.c_long, ctypes.c_int, _P, ctypes.c_int, _P]
                                      + [ctypes.c_int] * 3 + [_P, ctypes.c_int, _P, ctypes.c_int])
     lib.wm_cross_kv.argtypes = [_P] + [ctypes.c_int] * 3 + [_P, _P]
+    lib.wm_cross_kv_f16.argtypes = [_P] + [ctypes.c_int] * 3 + [_P, _P, _P]
     lib.wm_pick.argtypes = ([_P, ctypes.c_int, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, ctypes.c_int, _P, _P,
                              ctypes.c_int])
     global _THREADS
@@ -243,11 +244,13 @@ class DecoderCache:
     row r starting on window r // (rows // n_audio) (beams or samples of a window are consecutive).
     Every layer's cross-attention keys and values are computed once per window by one C call
     (`wm_cross_kv`), transposed (n_audio, n_layer, 2, n_state, n_audio_ctx) so each head's block
-    streams contiguously; each row reads its window's through `cross_index`. Self-attention keys
+    streams contiguously; each row reads its window's through `cross_index`. float16_cross stores
+    them as float16 (`wm_cross_kv_f16`, rounded to nearest): half the bytes each step streams,
+    where rows over many windows make them most of it. Self-attention keys
     and values (n_layer, rows, n_ctx, n_state) are written in place; pages are touched only as
     positions fill, so the allocation costs what the rows use."""
 
-    def __init__(self, kernel: DecoderKernel, audio_features, rows: int):
+    def __init__(self, kernel: DecoderKernel, audio_features, rows: int, float16_cross: bool = False):
         _, (xa,) = _evaluated(audio_features)
         if xa.ndim != 3 or xa.shape[2] != kernel.n_state:
             raise ValueError(f"audio_features must be (windows, n_audio_ctx, {kernel.n_state}); got {xa.shape}")
@@ -256,10 +259,17 @@ class DecoderCache:
             raise ValueError(f"rows ({rows}) must be a positive multiple of the windows ({n_audio})")
         shape = (kernel.n_layer, rows, kernel.n_ctx, kernel.n_state)
         self.self_k, self.self_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
-        self.cross = np.empty((n_audio, kernel.n_layer, 2, c, self.n_audio_ctx), np.float32)
+        self.float16_cross = float16_cross
+        shape = (n_audio, kernel.n_layer, 2, c, self.n_audio_ctx)
+        self.cross = np.empty(shape, np.float16 if float16_cross else np.float32)
+        tmp = np.empty((2, c, self.n_audio_ctx), np.float32) if float16_cross else None
         for i in range(n_audio):
-            _LIB.wm_cross_kv(xa[i].ctypes.data, self.n_audio_ctx, c, kernel.n_layer, kernel.cross_table,
-                             self.cross[i].ctypes.data)
+            if float16_cross:
+                _LIB.wm_cross_kv_f16(xa[i].ctypes.data, self.n_audio_ctx, c, kernel.n_layer, kernel.cross_table,
+                                     tmp.ctypes.data, self.cross[i].ctypes.data)
+            else:
+                _LIB.wm_cross_kv(xa[i].ctypes.data, self.n_audio_ctx, c, kernel.n_layer, kernel.cross_table,
+                                 self.cross[i].ctypes.data)
         self.cross_index = np.repeat(np.arange(n_audio, dtype=np.int32), rows // n_audio)  # row -> window
         self.table = _pointers(
             [a for layer in range(kernel.n_layer)
@@ -302,7 +312,8 @@ def decode_tokens(kernel: DecoderKernel, cache: DecoderCache, tokens: np.ndarray
     rows_c = np.array([r % t for r in rows], np.int32)
     out = np.empty((batch, len(rows_c), kernel.n_vocab), np.float32)
     rc = _LIB.wm_decode_tokens(kernel.table, cache.table, kernel.n_layer, kernel.n_state, kernel.n_head,
-                               kernel.n_ctx, cache.n_audio_ctx, cache.cross[0].size, cache.cross_index.ctypes.data,
+                               kernel.n_ctx, cache.n_audio_ctx, cache.cross[0].size, int(cache.float16_cross),
+                               cache.cross_index.ctypes.data,
                                kernel.n_vocab, tokens.ctypes.data, batch, t, cache.offset, rows_c.ctypes.data,
                                len(rows_c), out.ctypes.data, min(_THREADS, DECODER_THREADS))
     if rc == -2:

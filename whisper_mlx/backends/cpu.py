@@ -6,6 +6,8 @@
   norm and logits. Its weight matrices and token embedding are float16 copies held here, made
   only where float16 holds the float32 weights exactly (true of every OpenAI checkpoint): a
   token then streams half the bytes, with float32 sums, and computes the same values.
+  A session over several windows (batched decoding) stores their cross-attention keys/values
+  as float16 too (rounded: at batch 8 they are most of a step's bytes); one window's stay float32.
 - Picks: the logit filters and top-k over B rows in one C pass (`cpu_kernels.pick`).
 - Word timing: the base class's pass over model.py's graph.
 """
@@ -48,7 +50,11 @@ class CpuSession(Session):
     def __init__(self, backend: "CpuBackend", audio_features: mx.array, rows: int):
         super().__init__(audio_features.shape[0], rows)
         self.kernel = backend.decoder
-        self.cache = cpu_kernels.DecoderCache(self.kernel, audio_features.astype(mx.float32), rows)
+        # several windows (batched decoding): their cross-attention keys/values in float16, half the
+        # bytes of each step; one window's (sequential decoding, its beams) stay float32, so
+        # sequential transcripts keep openai-whisper's float32 arithmetic
+        float16_cross = audio_features.shape[0] > 1
+        self.cache = cpu_kernels.DecoderCache(self.kernel, audio_features.astype(mx.float32), rows, float16_cross)
         self.pending: np.ndarray | None = None
 
     def prefill(self, tokens: np.ndarray, sot_index: int) -> np.ndarray:
