@@ -54,11 +54,13 @@ args = json.loads(sys.argv[1])
 runtime.set_device(args["device"])
 model = whisper_mlx.load_model(args["model"])
 loaded = time.perf_counter()
-texts = {}
+texts, arrivals = {}, []
 for _, path, result in transcribe_many(args["files"], model=model, **args["options"]):
     texts[path] = result["text"] if isinstance(result, dict) else f"error: {result}"
+    if isinstance(result, dict):
+        arrivals.append((time.perf_counter() - started, args["durations"][path]))
 done = time.perf_counter()
-print(json.dumps({"wall_s": done - started, "load_s": loaded - started, "texts": texts}))
+print(json.dumps({"wall_s": done - started, "load_s": loaded - started, "texts": texts, "arrivals": arrivals}))
 """
 
 
@@ -66,8 +68,9 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def in_process(model: str, files: list[str], options: dict, device: str) -> dict:
-    payload = json.dumps({"model": model, "files": files, "options": options, "device": device})
+def in_process(model: str, files: list[str], options: dict, device: str, durations: dict) -> dict:
+    payload = json.dumps({"model": model, "files": files, "options": options, "device": device,
+                          "durations": durations})
     proc = subprocess.run([sys.executable, "-c", _IN_PROCESS, payload], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=PASS_S)
     if proc.returncode != 0:
@@ -78,16 +81,44 @@ def in_process(model: str, files: list[str], options: dict, device: str) -> dict
 def corpus(model: str, inputs: Path, workers: int, flags: list[str]) -> dict:
     import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory(prefix="corpus-bench-") as out:
+    from whisper_mlx.corpus import Output
+
+    with tempfile.TemporaryDirectory(prefix="corpus-bench-") as out, tempfile.TemporaryFile("w+") as err:
+        rows_dir = Output(Path(out), "parquet", columns=["path", "duration"])
+        arrivals = []  # (seconds since the start, audio seconds) of rows as the writer adds them
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "whisper_mlx.cli", "corpus", str(inputs), "--output", out,
-                               "--model", model, "--workers", str(workers), *flags],
-                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PASS_S)
+        proc = subprocess.Popen([sys.executable, "-m", "whisper_mlx.cli", "corpus", str(inputs), "--output", out,
+                                 "--model", model, "--workers", str(workers), *flags],
+                                cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            while proc.poll() is None:
+                if time.perf_counter() - started > PASS_S:
+                    raise RuntimeError(f"corpus pass (--workers {workers}) took over {PASS_S} s")
+                new, _ = rows_dir.new_rows()
+                if new:
+                    arrivals.append((time.perf_counter() - started, sum(r["duration"] or 0.0 for r in new)))
+                time.sleep(0.25)  # polling the output directory, as the corpus command's own progress does
+        finally:
+            if proc.poll() is None:
+                proc.kill()
         wall = time.perf_counter() - started
+        new, _ = rows_dir.new_rows(final=True)
+        if new:
+            arrivals.append((wall, sum(r["duration"] or 0.0 for r in new)))
         if proc.returncode != 0:
-            raise RuntimeError(f"corpus pass (--workers {workers}) failed: {proc.stderr[-2000:]}")
+            err.seek(0)
+            raise RuntimeError(f"corpus pass (--workers {workers}) failed: {err.read()[-2000:]}")
         rows = [r for f in sorted(Path(out).glob("*.parquet")) for r in pq.read_table(f, columns=["path", "text"]).to_pylist()]
-    return {"wall_s": wall, "texts": {r["path"]: r["text"] for r in rows}}
+    return {"wall_s": wall, "texts": {r["path"]: r["text"] for r in rows}, "arrivals": arrivals}
+
+
+def steady_rate(arrivals: list) -> float | None:
+    """Audio hours per hour from the first rows to the last: the audio of every row after the first
+    arrival over the time between the first and the last arrival (the start, model loads and a
+    local cluster's start left out: what a long corpus approaches). None with fewer than 2 arrivals."""
+    if len(arrivals) < 2 or arrivals[-1][0] <= arrivals[0][0]:
+        return None
+    return sum(a for _, a in arrivals[1:]) / (arrivals[-1][0] - arrivals[0][0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,17 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.long):
             (inputs / f"long{i:03d}.wav").symlink_to(long_clip)
         files = sorted(str(f) for f in inputs.iterdir())
-        audio_s = sum(load_audio(f).size / 16000 for f in files)
+        durations = {f: load_audio(f).size / 16000 for f in files}
+        audio_s = sum(durations.values())
         options = dict(batch_size=args.batch_size, beam_size=None, best_of=5, vad_filter=False)
         flags = ["--batch-size", str(args.batch_size), "--files-per-task", str(args.files_per_task), "--cpus",
                  str(args.cpus), "--device", args.device, "--beam-size", "None", "--vad-filter", "False"]
-        passes = {"in_process": lambda: in_process(model, files, options, args.device)}
+        passes = {"in_process": lambda: in_process(model, files, options, args.device, durations)}
         for w in args.workers:
             passes[f"corpus_w{w}"] = lambda w=w: corpus(model, inputs, w, flags)
         names = list(passes)
         load_before = os.getloadavg()
         walls = {name: 0.0 for name in names}
         differing = {name: set() for name in names if name != "in_process"}
+        steady: dict[str, list] = {name: [] for name in names}
         per_round = []
         for r in range(args.rounds):
             order = names[r % len(names):] + names[: r % len(names)]  # rotating, so load from elsewhere hits all
@@ -143,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                 walls[name] += runs[name]["wall_s"]
             for name in differing:
                 differing[name] |= {Path(f).name for f in files if runs[name]["texts"].get(f) != runs["in_process"]["texts"][f]}
+            for name in names:
+                steady[name].append(steady_rate(runs[name]["arrivals"]))
             per_round.append({"order": order, **{name: round(audio_s / runs[name]["wall_s"], 2) for name in names},
-                              "in_process_load_s": round(runs["in_process"]["load_s"], 2)})
+                              "in_process_load_s": round(runs["in_process"]["load_s"], 2),
+                              "first_rows_s": {name: round(runs[name]["arrivals"][0][0], 2) if runs[name]["arrivals"]
+                                               else None for name in names}})
         load_after = os.getloadavg()
 
     result = {
@@ -159,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "passes": {name: {"wall_s": round(walls[name], 2),
                           "audio_h_per_h": round(audio_s * args.rounds / walls[name], 2),
                           "vs_in_process": round(walls["in_process"] / walls[name], 3),
+                          "steady_audio_h_per_h": _mean(steady[name]),
                           **({"files_differing_from_in_process": sorted(differing[name])} if name in differing else {})}
                    for name in names},
         "per_round_audio_h_per_h": per_round,
@@ -179,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 2) if values else None
+
+
 def render(r: dict) -> str:
     m, f = r["machine"], r["files"]
     lines = [
@@ -187,14 +230,15 @@ def render(r: dict) -> str:
         "",
         f"Command: `{r['command']}` (git {r['git']}, {r['date']})",
         "",
-        "| pass | wall s (all rounds) | audio h / h | vs in process | files differing from in process |",
-        "|---|---|---|---|---|",
+        "| pass | wall s (all rounds) | audio h / h | vs in process | steady audio h / h | files differing from in process |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in r["passes"].items():
         label = ("transcribe_many in one process (the batched transcribe)" if name == "in_process"
                  else f"whisper-mlx corpus, {name.removeprefix('corpus_w')} worker(s), local cluster of {r['cpus']} CPUs")
         diff = str(len(row["files_differing_from_in_process"])) if "files_differing_from_in_process" in row else ""
-        lines.append(f"| {label} | {row['wall_s']} | {row['audio_h_per_h']} | {row['vs_in_process']}x | {diff} |")
+        lines.append(f"| {label} | {row['wall_s']} | {row['audio_h_per_h']} | {row['vs_in_process']}x | "
+                     f"{row.get('steady_audio_h_per_h')} | {diff} |")
     lines += [
         "",
         "Per round (audio h / h, in the order run): " + "; ".join(
@@ -202,7 +246,9 @@ def render(r: dict) -> str:
         f"Every pass is a fresh process timed from its start to its last row: the corpus passes include the "
         f"local Ray cluster's start and each worker's model load, the in-process pass its one model load. Decoder "
         f"batch {r['batch_size']}, {r['files_per_task']} files per corpus task, greedy with temperature fallback, "
-        "no VAD.",
+        "no VAD. Steady: from the first rows to the last (the audio of every row after the first arrival over "
+        "the time between the first and the last arrival): the start, the model loads and the local cluster's "
+        "start left out, which a long corpus approaches.",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}; load average before "
         f"{m['load_avg_before']}, after {m['load_avg_after']}.",
