@@ -373,20 +373,25 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
                 return 2
         constructor = dict(model=model, backend=args["backend"], device=device, dtype=args["dtype"],
                            batch_size=args["batch_size"], **_transcribe_options(args))
-        ds = ray.data.from_items([{"path": p} for p in todo]).map_batches(
+        # longest first, each worker holding at most two tasks: long files spread over the workers
+        # from the start and the short ones fill in behind them, so no worker is left with a queue
+        # of long files while the others are done (longest-processing-time-first scheduling)
+        durations = {p: _duration(p) for p in todo}
+        ordered = sorted(todo, key=lambda p: -durations[p])
+        ds = ray.data.from_items([{"path": p} for p in ordered]).map_batches(
             Transcriber, fn_constructor_kwargs=constructor, batch_size=args["files_per_task"],
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=args["workers"]),
-            **need)
-        return _write(ds, todo, output, subtitles, skipped)
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=args["workers"], max_tasks_in_flight_per_actor=2), **need)
+        return _write(ds, durations, output, subtitles, skipped)
     finally:
         ray.shutdown()
 
 
-def _write(ds, todo: list[str], output: Output, subtitles: Subtitles, skipped: int) -> int:
+def _write(ds, durations: dict[str, float], output: Output, subtitles: Subtitles, skipped: int) -> int:
     """Run the dataset into Ray's writer (in this thread, so that Ctrl-C or SIGTERM stops Ray
     Data's executor cleanly) while a watcher thread shows progress and writes subtitles from the
     rows as their files appear."""
-    watcher = _Watcher(todo, output, subtitles)
+    watcher = _Watcher(durations, output, subtitles)
     watcher.start()
     try:
         # writing is I/O: it asks for no CPU, so it never waits behind the workers holding them
@@ -415,17 +420,17 @@ def _write(ds, todo: list[str], output: Output, subtitles: Subtitles, skipped: i
 class _Watcher(threading.Thread):
     """Polls DIR for this run's rows: progress bars (files, hours of audio), error lines, subtitles."""
 
-    def __init__(self, todo: list[str], output: Output, subtitles: Subtitles):
+    def __init__(self, durations: dict[str, float], output: Output, subtitles: Subtitles):
         super().__init__(name="whisper-mlx-corpus-progress", daemon=True)
         import tqdm
 
-        self.output, self.subtitles, self.wanted = output, subtitles, set(todo)
+        self.output, self.subtitles, self.wanted = output, subtitles, set(durations)
         self.transcribed = self.failed = 0
         self.seconds = 0.0
         self.broken: list[Path] = []
         self._halt = threading.Event()
-        hours_total = sum(_duration(p) for p in todo) / 3600
-        self.files = tqdm.tqdm(total=len(todo), unit="file", desc="files", disable=None, position=0)
+        hours_total = sum(durations.values()) / 3600
+        self.files = tqdm.tqdm(total=len(durations), unit="file", desc="files", disable=None, position=0)
         self.hours = tqdm.tqdm(total=round(hours_total, 3), desc="audio", disable=None, position=1,
                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}]")
 
