@@ -3,7 +3,9 @@
 The same N short files (the English parity clips, 6-10 s each, in turn) transcribed
 - one by one: `transcribe(path, model=m)` per file, openai-whisper's defaults (the sequential loop);
 - as one many-file run: `transcribe_many(paths, model=m, batch_size=B)`, its defaults (speech
-  chunks by Silero VAD where onnxruntime is installed, windows of different files in one batch).
+  chunks by Silero VAD where onnxruntime is installed, windows of different files in one batch,
+  the speech of several short files packed into one 30 s window), and with `pack=False` (each
+  file's speech in its own windows).
 Both greedy with the temperature fallback, in one process with the model loaded once, timed by the
 one interleaved timer (`benchmarks.core.interleave`, rounds rotating, fastest round kept), with
 the word error rate of each against the files' known text.
@@ -61,18 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             texts["one by one"] = [whisper_mlx.transcribe(path, model=model)["text"] for path in paths]
         return timed(run)
 
-    def many(batch: int):
+    def many(name: str, batch: int, pack: bool):
         def runner() -> float:
             def run() -> None:
-                out = sorted(transcribe_many(paths, model=model, batch_size=batch), key=lambda r: r[0])
+                out = sorted(transcribe_many(paths, model=model, batch_size=batch, pack=pack), key=lambda r: r[0])
                 bad = [r for _, _, r in out if isinstance(r, Exception)]
                 if bad:
                     raise RuntimeError(f"many-file run failed on an input: {bad[0]}")
-                texts[f"many, batch {batch}"] = [r["text"] for _, _, r in out]
+                texts[name] = [r["text"] for _, _, r in out]
             return timed(run)
         return runner
 
-    runners = {"one by one": one_by_one, **{f"many, batch {b}": many(b) for b in args.batch}}
+    runners = {"one by one": one_by_one}
+    for b in args.batch:
+        for name, pack in [(f"many, batch {b}, packed", True), (f"many, batch {b}, pack=False", False)]:
+            runners[name] = many(name, b, pack)
     times = interleave(runners, args.rounds, warmup=1)
     family = Path(model_dir).name
     rows = [make_row(family, f"{args.files} short files", name, t, audio_s=audio_s) for name, t in times.items()]
@@ -120,7 +125,7 @@ def render(r: dict) -> str:
         "",
         f"{r['rounds']} interleaved rounds after one warm-up round; one process, the model loaded once. One by one: "
         "`transcribe(path)` per file (openai-whisper's defaults); many: `transcribe_many(paths, batch_size=B)` "
-        "(its defaults).",
+        "(its defaults: packed; and with pack=False).",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}; load average at end "
         f"{m['load_avg_at_end']}.",

@@ -270,6 +270,7 @@ COMMANDS = [
             "--highlight-words requires --word-timestamps True"),
     Command("line width without word timestamps", (*MODEL, "--max-line-width", "20"), 2,
             "--max-line-width requires --word-timestamps True"),
+    Command("no-pack without batch size", (*MODEL, "--no-pack"), 2, "--no-pack requires --batch-size"),
     Command("unknown format", (*MODEL, "--output-format", "docx"), 2, "invalid choice: 'docx'"),
     Command("unknown language", (*MODEL, "--language", "Klingon"), 2, "invalid choice: 'Klingon'"),
     Command("not a boolean", (*MODEL, "--verbose", "perhaps"), 2, "expected True or False"),

@@ -113,7 +113,7 @@ def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter,
     batched_vad = VadOptions(max_speech_duration_s=30.0, min_silence_duration_ms=160)  # transcribe_many's default
     reader = BatchedTranscriber(tiny, BatchOptions(vad_filter=vad_filter, vad_options=batched_vad), {})
     streamed, whole = reader._open(0, path), reader._open(0, array)
-    assert streamed.audio is None and streamed.duration == whole.duration
+    assert streamed.speech is None and streamed.duration == whole.duration
     assert streamed.chunks == whole.chunks and len(streamed.chunks) >= 2
     if vad_filter:  # regions with silences skipped between them
         assert max(len(c.regions) for c in streamed.chunks) >= 3
@@ -284,3 +284,166 @@ def test_the_next_input_is_read_while_the_model_works(tiny, short_clips, monkeyp
     assert events.index(reads[1]) < next(k for k, e in enumerate(events) if e[0] == "encoded")
     one_at_a_time = [r for p in paths for _, _, r in transcribe_many([p], **options)]
     assert [r for _, _, r in together] == one_at_a_time
+
+
+# ---------------------------------------------------------------- packed windows (several inputs' speech in one)
+
+
+def _decoded(result: dict) -> tuple:
+    """A result's text and its segments' times, text and tokens."""
+    return result["text"], [(s["start"], s["end"], s["text"], s["tokens"]) for s in result["segments"]]
+
+
+def _errors(truth: str, text: str) -> int:
+    from zoo.gates import word_errors
+
+    return word_errors(truth, text)[0]
+
+
+@pytest.fixture(scope="module")
+def packed_runs(tiny, short_clips):
+    """The short parity clips as one many-file run with the VAD: packed and not (word timestamps),
+    and packed without word timestamps; with the rows of each encoder call counted."""
+    paths = [str(c.path) for c in short_clips]
+    runs, rows = {}, {}
+    encode = batched.embed_audio
+    for name, pack, words in [("unpacked", False, True), ("packed", True, True), ("packed, no words", True, False)]:
+        seen: list[int] = []
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(batched, "embed_audio", lambda model, mel: seen.append(mel.shape[0]) or encode(model, mel))
+            out = {i: r for i, _, r in transcribe_many(paths, model=tiny, batch_size=8, vad_filter=True, pack=pack,
+                                                        temperature=0.0, word_timestamps=words)}
+        assert sorted(out) == list(range(len(paths))) and all(isinstance(r, dict) for r in out.values()), out
+        runs[name], rows[name] = out, seen
+    return runs, rows
+
+
+def test_packing_puts_several_inputs_in_one_window(short_clips, packed_runs):
+    """6-10 s clips: three or so share a 30 s window, so the encoder sees far fewer windows."""
+    _, rows = packed_runs
+    assert sum(rows["unpacked"]) == len(short_clips)
+    assert sum(rows["packed"]) <= len(short_clips) // 2, rows
+
+
+def test_packed_inputs_get_their_own_text(short_clips, packed_runs):
+    """Each input's text is its own speech, as right against the known truth as without packing
+    (at most one word more wrong), and it ends on its own last word (a word given to the wrong
+    input at the seam between two would change one of them).
+
+    Not equal text: Whisper reads a window as one utterance, and some choices follow the window's
+    context (numbers as digits or words: "9" alone, "nine" after another clip's sentence), so a
+    word or two change either way; on these clips packing happens to err less in total."""
+    from zoo.gates import normalize
+
+    runs, _ = packed_runs
+    packed = [_errors(c.text, runs["packed"][i]["text"]) for i, c in enumerate(short_clips)]
+    alone = [_errors(c.text, runs["unpacked"][i]["text"]) for i, c in enumerate(short_clips)]
+    assert all(p <= a + 1 for p, a in zip(packed, alone)), (packed, alone)
+    for i, clip in enumerate(short_clips):
+        text = runs["packed"][i]["text"]
+        assert wer(clip.text, text) <= 0.3 and normalize(text)[-1] == normalize(clip.text)[-1], (clip.id, text)
+
+
+def test_packed_times_are_each_inputs_own(short_clips, packed_runs):
+    """Segment and word times of a packed input are in its own time: inside its duration, in order,
+    its first word where it starts alone (within a second: the window's seam is a silence)."""
+    from whisper_mlx.audio import load_audio
+
+    runs, _ = packed_runs
+    for i, clip in enumerate(short_clips):
+        duration = load_audio(clip.path).size / 16000
+        segments = runs["packed"][i]["segments"]
+        words = [w for s in segments for w in s["words"]]
+        assert segments and words, clip.id
+        for s in segments:
+            assert 0 <= s["start"] <= s["end"] <= duration, (clip.id, s)
+        assert all(0 <= w["start"] <= w["end"] <= duration for w in words), clip.id
+        assert [w["start"] for w in words] == sorted(w["start"] for w in words), clip.id
+        alone = [w for s in runs["unpacked"][i]["segments"] for w in s["words"]]
+        assert abs(words[0]["start"] - alone[0]["start"]) < 1.0 and abs(words[-1]["end"] - alone[-1]["end"]) < 1.0
+
+
+def test_packed_results_look_like_unpacked_ones(short_clips, packed_runs):
+    """Without word_timestamps a packed input's segments carry no words (they were timed only to
+    share the window out) and the same keys as unpacked ones; the text is the one timed."""
+    runs, _ = packed_runs
+    for i in range(len(short_clips)):
+        plain, timed, unpacked = runs["packed, no words"][i], runs["packed"][i], runs["unpacked"][i]
+        assert plain["text"] == timed["text"]
+        assert [set(s) for s in plain["segments"]] == [set(s) - {"words"} for s in timed["segments"]]
+        assert set(plain) == set(unpacked) and all("words" not in s for s in plain["segments"])
+        assert {k for s in unpacked["segments"] for k in s} - {"words"} == {k for s in plain["segments"] for k in s}
+
+
+def test_a_bad_input_among_packed_ones_fails_alone(tiny, short_clips, tmp_path, monkeypatch):
+    """A file that is not audio, and one cut short after its first reading (its chunk was to share
+    a window with others: every file takes the two-pass reading here, KEEP_SECONDS = 0), each
+    give their one-line error; the good ones come out as they do packed together without them."""
+    import shutil
+
+    from whisper_mlx.audio import AudioError
+    from whisper_mlx.batched import BatchedTranscriber
+
+    monkeypatch.setattr(batched, "KEEP_SECONDS", 0.0)
+    good = [str(c.path) for c in short_clips[:3]]
+    victim, notes = tmp_path / "victim.wav", tmp_path / "notes.wav"
+    shutil.copy(short_clips[3].path, victim)
+    notes.write_text("this is not audio\n")
+
+    def inputs():
+        yield good[0]
+        yield str(victim)
+        data = victim.read_bytes()  # the victim has had its first reading: cut it now
+        victim.write_bytes(data[: len(data) // 2])
+        yield good[1]
+        yield str(notes)
+        yield good[2]
+
+    decode, groups = BatchedTranscriber._decode, []
+
+    def decoding(self, windows, language):
+        groups.extend([source.name for source, _ in w.parts] for w in windows)
+        return decode(self, windows, language)
+
+    monkeypatch.setattr(BatchedTranscriber, "_decode", decoding)
+    options = dict(model=tiny, batch_size=8, vad_filter=True, pack=True, temperature=0.0)
+    results = {i: r for i, _, r in transcribe_many(inputs(), **options)}
+    assert sorted(results) == [0, 1, 2, 3, 4]
+    for k, path in [(1, victim), (3, notes)]:
+        assert isinstance(results[k], AudioError), results[k]
+        assert str(path) in str(results[k]) and "\n" not in str(results[k])
+    assert sorted(name for group in groups for name in group) == sorted(good)
+    assert max(len(group) for group in groups) >= 2, groups  # good ones shared a window
+    by_path = {good[0]: results[0], good[1]: results[2], good[2]: results[4]}
+    for group in list(groups):  # (log probabilities differ in the last digits: the batch held other rows then)
+        assert [_decoded(r) for _, _, r in transcribe_many(group, **options)] == [_decoded(by_path[p]) for p in group]
+    for clip, path in zip(short_clips, good):
+        assert wer(clip.text, by_path[path]["text"]) <= 0.3, by_path[path]["text"]
+
+
+def test_no_pack_through_the_command(tiny_en_fp32_dir, tiny, short_clips, packed_runs, tmp_path):
+    """--no-pack: each file's speech in its own windows, as transcribe_many(pack=False); packing
+    is what the command does by default (the texts differ on these clips, so the option shows)."""
+    runs, _ = packed_runs
+    out = tmp_path / "out"
+    proc = run_cli(*(str(c.path) for c in short_clips[:3]), "--model", str(tiny_en_fp32_dir), "--batch-size", "8",
+                   "--no-pack", "--output-format", "json", "--output-dir", str(out), "--beam-size", "None",
+                   "--temperature", "0", "--temperature-increment-on-fallback", "None")
+    assert proc.returncode == 0, proc.stderr
+    written = [json.loads((out / f"{c.path.stem}.json").read_text())["text"] for c in short_clips[:3]]
+    assert written == [runs["unpacked"][i]["text"] for i in range(3)]
+    assert written != [runs["packed"][i]["text"] for i in range(3)]
+
+
+def test_words_of_a_later_chunk_keep_their_times(tiny, clips):
+    """A file of two VAD chunks: the second chunk's words are timed from that chunk's start once,
+    where the sequential loop puts them (they were once all pressed onto the chunk's end)."""
+    path = str(clips["en_long_story"].path)
+    [(_, _, result)] = transcribe_many([path], model=tiny, batch_size=8, vad_filter=True, temperature=0.0,
+                                       word_timestamps=True)
+    assert len(result["segments"]) >= 2
+    sequential = whisper_mlx.transcribe(path, model=tiny, temperature=0.0, word_timestamps=True)
+    later = result["segments"][-1]["words"]
+    assert later[-1]["start"] - later[0]["start"] > 5.0, later
+    last = [w for s in sequential["segments"] for w in s["words"]][-1]
+    assert abs(later[-1]["end"] - last["end"]) < 0.3, (later[-1], last)

@@ -1,10 +1,12 @@
 """Batched transcription: the windows of one long file, or of many files, decoded as B rows at once.
 
 Audio is cut into chunks of at most 30 s: speech regions found by Silero VAD and joined
-(`vad_filter=True`), or consecutive 30 s windows. Each batch of chunks is encoded as one batch
-and decoded as B rows through the model's backend (greedy, beam search, or sampling; the
-temperature fallback re-decodes only the rows that need it); no chunk is conditioned on the text
-before it (as faster-whisper's BatchedInferencePipeline). Segments and word timestamps come per
+(`vad_filter=True`), or consecutive 30 s windows. With the VAD, the chunks of several short
+inputs share one 30 s window (`pack`: fewer windows to encode, fewer rows to decode); every word
+of a packed window is timed and goes back to the input it was spoken in. Each batch of windows is
+encoded as one batch and decoded as B rows through the model's backend (greedy, beam search, or
+sampling; the temperature fallback re-decodes only the rows that need it); no chunk is
+conditioned on the text before it (as faster-whisper's BatchedInferencePipeline). Segments and word timestamps come per
 chunk and are mapped back to the original audio's time. Inputs are read one at a time, only as
 the queue of chunks needs them; a file's result is handed out as soon as its last chunk is done.
 
@@ -12,13 +14,15 @@ A long file is never held whole (a 1-hour file is 230 MB of float32 samples): pa
 as a stream for its length, its speech probabilities (the VAD's state carried from block to block)
 and its first 30 s (language detection); pass 2 decodes it again and cuts each chunk's audio only
 when a batch takes that chunk, forgetting the samples behind it. A file of at most KEEP_SECONDS
-keeps its samples from pass 1 instead (decoded once). Pass 1 of the next input runs on a worker thread
+keeps its chunks' samples from pass 1 instead (decoded once). Pass 1 of the next input runs on a worker thread
 while the model decodes (`_reads`: decoding audio and the VAD, never the model). Waveforms given as arrays, and inputs
-readable only once (standard input, pipes, URLs), are in memory already (or read into it).
+readable only once (standard input, pipes, URLs), are in memory already (or read into it); of
+an input in memory only its chunks' samples wait in the queue.
 """
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -42,10 +46,15 @@ from .vad import (INSTALL_HINT, SpeechChunk, SpeechProbabilityStream, VadOptions
 
 Audio = str | Path | np.ndarray
 
-# Files up to this long keep their samples from the first reading (at most 19 MB of float32 each;
-# inputs are opened only while the queue holds fewer chunks than a batch, so few are open at once);
-# longer ones are decoded a second time, chunk by chunk.
+# Files up to this long keep their chunks' samples from the first reading (at most 19 MB of
+# float32 each; inputs are opened only while the queue holds fewer windows than a batch, so the
+# queue holds about a batch of speech); longer ones are decoded a second time, chunk by chunk.
 KEEP_SECONDS = 300.0
+
+# Digital silence put between two inputs' speech in a packed window. Always added: the VAD's pad
+# around a region cannot be relied on to separate inputs (it is clipped at an input's start and
+# end, and halved between close regions).
+PACK_GAP_SAMPLES = SAMPLE_RATE // 2
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,13 @@ class BatchOptions:
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
     vad_filter: bool = False
     vad_options: VadOptions = field(default_factory=VadOptions)
+    pack: bool = True  # with the VAD: chunks of different short inputs share a 30 s window
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"pack: expected True or False, got {self.pack!r}")
 
 
 class _FileChunks:
@@ -116,7 +128,8 @@ class _FileChunks:
 @dataclass(eq=False)
 class _Read:
     """An input as its first reading leaves it: length, chunks, first 30 s, and where the chunks'
-    audio comes from (its samples, or a file's second reading)."""
+    audio comes from (each chunk's samples, cut from an input held in memory, or a file's second
+    reading)."""
 
     index: int
     name: str
@@ -124,7 +137,7 @@ class _Read:
     n_samples: int
     chunks: list[SpeechChunk]
     head: np.ndarray  # the first 30 s (empty when the language need not be detected)
-    samples: np.ndarray | None = None
+    speech: list[np.ndarray | None] | None = None
     file: _FileChunks | None = None
 
 
@@ -138,7 +151,9 @@ class _Source:
     language: str
     chunks: list[SpeechChunk]
     input: Audio
-    audio: np.ndarray | None = None  # an in-memory input's samples
+    # an in-memory input's chunks' samples, each dropped once its window is made: only the speech
+    # waits in the queue (with packing, many inputs may wait at once)
+    speech: list[np.ndarray | None] | None = None
     file: _FileChunks | None = None  # a file's pass 2
     segments: dict[int, list[dict]] = field(default_factory=dict)
     error: Exception | None = None  # set when reading a chunk's audio failed
@@ -148,15 +163,29 @@ class _Source:
         return len(self.segments) == len(self.chunks)
 
     def chunk_audio(self, i: int) -> np.ndarray:
-        chunk = self.chunks[i]
-        return self.file.cut(chunk) if self.file is not None else chunk.audio(self.audio)
+        if self.file is not None:
+            return self.file.cut(self.chunks[i])
+        samples, self.speech[i] = self.speech[i], None
+        return samples
 
     def release(self) -> None:
         """Drop the samples and close the file (every chunk has its window, or the input failed)."""
-        self.audio = None
+        self.speech = None
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+@dataclass(eq=False)
+class _Window:
+    """One row of a batch: a chunk, or (packed) chunks of different inputs joined with
+    PACK_GAP_SAMPLES of silence between them; `spans` are where each part lies in it (seconds)."""
+
+    parts: list[tuple[_Source, int]]
+    spans: list[tuple[float, float]]
+    mel: mx.array
+    frames: int
+    silent: bool
 
 
 def _windows_of(n_samples: int) -> list[SpeechChunk]:
@@ -176,6 +205,58 @@ def _mel(audio: np.ndarray, n_mels: int) -> tuple[mx.array, int, bool]:
     mel = load_mel(audio, n_mels)
     frames = min(N_FRAMES, mel.content_frames)
     return pad_or_trim(mel.segment(0, frames), N_FRAMES, axis=0), frames, mel.is_silent(0, frames)
+
+
+def _split(segments: list[dict], spans: list[tuple[float, float]], tokenizer) -> list[list[dict]]:
+    """A packed window's segments (times from the window's start, every word timed) shared out
+    among its parts: a word goes to the part whose span holds its midpoint (two parts meet in the
+    middle of the gap between them); each part's segments are made of its words (their text,
+    tokens and times), times from the part's start. A segment without words goes whole to the
+    part that holds its middle; a part no word went to gets no segment (as a silent chunk)."""
+    bounds = [(end + start) / 2 for (_, end), (start, _) in zip(spans, spans[1:])]
+    per_part: list[list[dict]] = [[] for _ in spans]
+
+    def add(k: int, segment: dict) -> None:  # the segment in part k's time, inside the part
+        offset, length = spans[k][0], spans[k][1] - spans[k][0]
+
+        def local(t: float) -> float:
+            return round(min(max(t - offset, 0.0), length), 3)
+
+        words = [{**w, "start": local(w["start"]), "end": local(w["end"])} for w in segment["words"]]
+        per_part[k].append({**segment, "start": local(segment["start"]), "end": local(segment["end"]), "words": words})
+
+    for segment in segments:
+        if not segment["words"]:
+            add(bisect.bisect_right(bounds, (segment["start"] + segment["end"]) / 2), segment)
+            continue
+        groups: list[tuple[int, list[dict]]] = []  # runs of consecutive words of one part
+        for word in segment["words"]:
+            k = bisect.bisect_right(bounds, (word["start"] + word["end"]) / 2)
+            if groups and groups[-1][0] == k:
+                groups[-1][1].append(word)
+            else:
+                groups.append((k, [word]))
+        texts = ["".join(w["word"] for w in words) for _, words in groups]
+        for (k, words), text, tokens in zip(groups, texts, _token_runs(tokenizer, segment["tokens"], texts)):
+            add(k, {**segment, "start": words[0]["start"], "end": words[-1]["end"], "text": text, "tokens": tokens,
+                    "words": words})
+    return per_part
+
+
+def _token_runs(tokenizer, tokens: list[int], texts: list[str]) -> list[list[int]]:
+    """`tokens` (a segment's) cut into consecutive runs that spell `texts` in turn, the last run
+    taking the rest; when they cannot be (a word the alignment put across two segments), each
+    text encoded anew."""
+    runs, used = [], 0
+    for k, text in enumerate(texts):
+        ends = [len(tokens)] if k == len(texts) - 1 else range(used, len(tokens) + 1)
+        end = next((n for n in ends if tokenizer.decode([t for t in tokens[used:n] if t < tokenizer.eot]) == text),
+                   None)
+        if end is None:
+            return [tokenizer.encode(text) for text in texts]
+        runs.append(tokens[used:end])
+        used = end
+    return runs
 
 
 class BatchedTranscriber:
@@ -208,7 +289,7 @@ class BatchedTranscriber:
         """The source of a read input; its language detected here (the model runs on this thread)."""
         language = self._language(read.head) if read.chunks else (self.decode_options.get("language") or "en")
         return _Source(read.index, read.name, read.n_samples / SAMPLE_RATE, language, read.chunks, read.input,
-                       audio=read.samples, file=read.file)
+                       speech=read.speech, file=read.file)
 
     def _read(self, index: int, audio: Audio) -> _Read:
         """An input's length, chunks and first 30 s, without the model (so it may run on the
@@ -221,13 +302,14 @@ class BatchedTranscriber:
         else:
             samples = np.asarray(audio, np.float32)
         name = str(audio) if isinstance(audio, (str, Path)) else f"<array {index}>"
-        return _Read(index, name, audio, samples.size, _chunks(samples, self.options), samples[:N_SAMPLES],
-                     samples=samples)
+        chunks = _chunks(samples, self.options)
+        return _Read(index, name, audio, samples.size, chunks, samples[:N_SAMPLES],
+                     speech=[chunk.audio(samples) for chunk in chunks])
 
     def _read_file(self, index: int, path: str | Path) -> _Read:
         """Pass 1 over a file, decoded as a stream: its length, its chunks (from the speech
         probabilities with the VAD) and its first 30 s (for the language). A file of at most
-        KEEP_SECONDS keeps its samples from this pass (no second decoding); a longer one keeps none
+        KEEP_SECONDS keeps its chunks' samples from this pass (no second decoding); a longer one keeps none
         and is decoded again chunk by chunk (`_FileChunks`)."""
         name = str(path)
         vad = SpeechProbabilityStream() if self.options.vad_filter else None
@@ -257,7 +339,7 @@ class BatchedTranscriber:
         if kept is not None:
             samples = np.concatenate(kept).astype(np.float32) if kept else np.zeros(0, np.float32)
             samples /= 32768.0
-            return _Read(index, name, path, n_samples, chunks, first, samples=samples)
+            return _Read(index, name, path, n_samples, chunks, first, speech=[chunk.audio(samples) for chunk in chunks])
         return _Read(index, name, path, n_samples, chunks, first,
                      file=_FileChunks(name, n_samples) if chunks else None)
 
@@ -287,7 +369,7 @@ class BatchedTranscriber:
         batch_size = self.options.batch_size
         with tqdm.tqdm(unit="audio s", disable=None, leave=False) as bar:
             while True:
-                while not exhausted and len(pending) < batch_size:
+                while not exhausted and len(self._pack(pending)) < batch_size:
                     try:
                         index, audio, read = next(reads)
                     except StopIteration:
@@ -309,58 +391,89 @@ class BatchedTranscriber:
                 if not pending:
                     return
                 language = pending[0][0].language  # one language per batch (one set of prompts)
-                batch = []
-                for item in list(pending):
-                    if item[0].language == language and len(batch) < batch_size:
-                        batch.append(item)
-                for item in batch:
-                    pending.remove(item)
-                batch, windows, failed = self._windows(batch)
+                batch = self._pack(item for item in pending if item[0].language == language)[:batch_size]
+                taken = [item for parts in batch for item in parts]
+                pending = deque(item for item in pending if item not in taken)
+                windows, failed = self._windows(batch)
                 for source in failed:  # its file failed on the second reading: its error, the others go on
                     pending = deque(item for item in pending if item[0] is not source)
                     bar.total -= source.duration - sum(source.chunks[i].duration for i in source.segments)
                     bar.refresh()
                     yield source.index, source.input, source.error
-                for source, i in self._decode(batch, windows, language):
+                for source, i in self._decode(windows, language):
                     bar.update(source.chunks[i].duration)
                     if source.done:
                         yield source.index, source.input, self._result(source)
 
-    def _windows(self, batch: list[tuple[_Source, int]]) -> tuple[list[tuple[_Source, int]], list, list[_Source]]:
-        """Each chunk's mel window (its audio cut now); a source whose audio cannot be read leaves
-        the batch with its error set. Returns (the batch left, its windows, the failed sources)."""
-        windows: dict[int, tuple] = {}
-        failed: list[_Source] = []
-        for k, (source, i) in enumerate(batch):
-            if source.error is not None:
-                continue
-            try:
-                audio = source.chunk_audio(i)
-            except Exception as e:  # e.g. a file cut short since its first reading
-                source.error = e
-                source.release()
-                failed.append(source)
-                continue
-            windows[k] = _mel(audio, self.model.dims.n_mels)
-        kept = [k for k in windows if batch[k][0].error is None]
-        batch = [batch[k] for k in kept]
-        for source, _ in batch:
-            windowed = {j for s, j in batch if s is source} | set(source.segments)
-            if len(windowed) == len(source.chunks):
-                source.release()  # every chunk of this source has its window now
-        return batch, [windows[k] for k in kept], failed
+    def _pack(self, items: Iterable[tuple[_Source, int]]) -> list[list[tuple[_Source, int]]]:
+        """Chunks (in queue order) grouped into windows: each alone, or with packing (and the VAD),
+        consecutive chunks of different inputs of one language together while they and the gaps
+        between them fit in 30 s. An input's chunks keep their order; a long chunk stays alone."""
+        windows: list[list[tuple[_Source, int]]] = []
+        used = 0  # samples of the last window
+        for source, i in items:
+            size = source.chunks[i].num_samples
+            last = windows[-1] if windows else None
+            if (self.options.pack and self.options.vad_filter and last is not None
+                    and source.language == last[0][0].language and all(s is not source for s, _ in last)
+                    and used + PACK_GAP_SAMPLES + size <= N_SAMPLES):
+                last.append((source, i))
+                used += PACK_GAP_SAMPLES + size
+            else:
+                windows.append([(source, i)])
+                used = size
+        return windows
 
-    def _decode(self, batch: list[tuple[_Source, int]], windows: list, language: str) -> Iterator[tuple[_Source, int]]:
-        """Decode a batch of chunks (their windows from `_windows`) as B rows; store each chunk's
-        segments in its source."""
+    def _windows(self, batch: list[list[tuple[_Source, int]]]) -> tuple[list[_Window], list[_Source]]:
+        """Each window's audio (its chunks cut now, joined) as a mel window; a source whose audio
+        cannot be read gets its error set and is left out of the rest. Returns (the windows that
+        hold a readable chunk, the failed sources)."""
+        windows: list[_Window] = []
+        failed: list[_Source] = []
+        gap = np.zeros(PACK_GAP_SAMPLES, np.float32)
+        for parts in batch:
+            pieces, spans, kept, at = [], [], [], 0
+            for source, i in parts:
+                if source.error is not None:
+                    continue
+                try:
+                    audio = source.chunk_audio(i)
+                except Exception as e:  # e.g. a file cut short since its first reading
+                    source.error = e
+                    source.release()
+                    failed.append(source)
+                    continue
+                if pieces:
+                    pieces.append(gap)
+                    at += gap.size
+                pieces.append(audio)
+                spans.append((at / SAMPLE_RATE, (at + audio.size) / SAMPLE_RATE))
+                kept.append((source, i))
+                at += audio.size
+            if kept:
+                audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+                windows.append(_Window(kept, spans, *_mel(audio, self.model.dims.n_mels)))
+        # a source that failed after a window of the batch took one of its chunks: that chunk is
+        # ignored when decoded (`_decode`); a window of nothing else is not decoded
+        windows = [w for w in windows if any(s.error is None for s, _ in w.parts)]
+        for window in windows:
+            for source, _ in window.parts:
+                windowed = {j for w in windows for s, j in w.parts if s is source} | set(source.segments)
+                if len(windowed) == len(source.chunks):
+                    source.release()  # every chunk of this source has its window now
+        return windows, failed
+
+    def _decode(self, windows: list[_Window], language: str) -> Iterator[tuple[_Source, int]]:
+        """Decode a batch of windows (from `_windows`) as B rows; store each chunk's segments in
+        its source."""
         model, options = self.model, self.options
         decode_options = {**self.decode_options, "language": language}
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
                                   task=decode_options.get("task", "transcribe"))
-        live = [k for k, (_, _, silent) in enumerate(windows) if not silent]
+        live = [k for k, window in enumerate(windows) if not window.silent]
         results: dict[int, DecodingResult] = {}
         if live:
-            features = embed_audio(model, mx.stack([windows[k][0] for k in live]))
+            features = embed_audio(model, mx.stack([windows[k].mel for k in live]))
             todo = list(range(len(live)))
             for t in options.temperature:
                 decoded = decode(model, features[mx.array(todo)] if len(todo) < len(live) else features,
@@ -371,41 +484,57 @@ class BatchedTranscriber:
                                                           options.logprob_threshold, options.no_speech_threshold)]
                 if not todo:
                     break
-        for k, (source, i) in enumerate(batch):
+        for k, window in enumerate(windows):
             result = results.get(k)
-            mel, frames, _ = windows[k]
-            source.segments[i] = [] if result is None else self._segments(source, i, result, tokenizer, mel, frames)
-            yield source, i
+            if result is None:
+                per_part = [[] for _ in window.parts]
+            elif len(window.parts) == 1:
+                per_part = [self._segments(result, tokenizer, window, options.word_timestamps)]
+            else:  # every word timed, to find the input it was spoken in
+                per_part = _split(self._segments(result, tokenizer, window, True), window.spans, tokenizer)
+            for (source, i), segments in zip(window.parts, per_part):
+                if source.error is not None:
+                    continue  # failed since this window was cut: its error is out already
+                chunk = source.chunks[i]
+                for segment in segments:
+                    segment["seek"] = round(chunk.start / HOP_LENGTH)
+                    if not options.word_timestamps and segment.get("words"):
+                        del segment["words"]  # timed only to split a packed window; blank ones keep []
+                source.segments[i] = chunk.restore(segments)
+                yield source, i
 
-    def _segments(self, source: _Source, i: int, result: DecodingResult, tokenizer, mel, frames: int) -> list[dict]:
-        options, chunk = self.options, source.chunks[i]
+    def _segments(self, result: DecodingResult, tokenizer, window: _Window, word_timestamps: bool) -> list[dict]:
+        """A decoded window's segments, times from the window's start ([] if it is silence); every
+        word timed with `word_timestamps`. Empty segments keep their place, blank (as the
+        sequential loop)."""
+        options = self.options
         if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
             if options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold:
                 return []  # silence
         tokens = np.array(result.tokens, np.int64)
-        duration = frames * HOP_LENGTH / SAMPLE_RATE
+        duration = window.frames * HOP_LENGTH / SAMPLE_RATE
         time_precision = 2 * HOP_LENGTH / SAMPLE_RATE
         pieces, single_ending, _ = split_segments(tokens, tokenizer.timestamp_begin, 0.0, duration, time_precision)
         used = sum(len(p[2]) for p in pieces)
-        if not single_ending and used < len(tokens):  # text after the last timestamp pair: to the chunk's end
+        if not single_ending and used < len(tokens):  # text after the last timestamp pair: to the window's end
             start = pieces[-1][1] if pieces else 0.0
             pieces.append((start, max(start, duration), tokens[used:]))
         segments = [{
-            "seek": round(chunk.start / HOP_LENGTH), "start": start, "end": end,
+            "seek": 0, "start": start, "end": end,  # seek 0: word times from the window's start
             "text": tokenizer.decode([t for t in piece.tolist() if t < tokenizer.eot]), "tokens": piece.tolist(),
             "temperature": result.temperature, "avg_logprob": result.avg_logprob,
             "compression_ratio": result.compression_ratio, "no_speech_prob": result.no_speech_prob,
         } for start, end, piece in pieces]
-        if options.word_timestamps:
+        if word_timestamps:
             add_word_timestamps(
-                segments=segments, model=self.model, tokenizer=tokenizer, mel=mel, num_frames=frames,
+                segments=segments, model=self.model, tokenizer=tokenizer, mel=window.mel, num_frames=window.frames,
                 prepend_punctuations=options.prepend_punctuations, append_punctuations=options.append_punctuations,
                 last_speech_timestamp=0.0, audio_features=result.audio_features[None],
             )
-        for segment in segments:  # as the sequential loop: empty segments keep their place, blank
+        for segment in segments:
             if segment["start"] == segment["end"] or not segment["text"].strip():
                 segment.update(text="", tokens=[], words=[])
-        return chunk.restore(segments)
+        return segments
 
     def _result(self, source: _Source) -> dict:
         segments = [s for i in range(len(source.chunks)) for s in source.segments[i]]
@@ -433,6 +562,7 @@ def transcribe_many(
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、",
     vad_filter: bool | None = None,
     vad_parameters: VadOptions | Mapping | None = None,
+    pack: bool = True,
     **decode_options,
 ) -> Iterator[tuple[int, Audio, dict | Exception]]:
     """Transcribe many files (or 16 kHz waveforms) at once: chunks of different inputs share
@@ -449,7 +579,13 @@ def transcribe_many(
     vad_filter: chunks are speech regions (Silero VAD) joined up to 30 s; None: so when
     onnxruntime is installed, else (and with False) consecutive 30 s windows, which can cut a
     word in two. vad_parameters default to faster-whisper's batched ones: regions split at
-    silences of 160 ms to stay under 30 s."""
+    silences of 160 ms to stay under 30 s.
+
+    pack (with the VAD): the speech of several short inputs (of one language) shares a 30 s
+    window, half a second of silence between two inputs, so fewer windows are encoded and decoded;
+    every word of such a window is timed (as word_timestamps) and goes to the input it was spoken
+    in. Whisper reads a window as one utterance, so an input's text may differ a little from its
+    text alone (pack=False)."""
     if vad_filter is None:
         vad_filter = onnxruntime_available()
         if not vad_filter:
@@ -465,7 +601,7 @@ def transcribe_many(
         batch_size=batch_size, temperature=temperatures, compression_ratio_threshold=compression_ratio_threshold,
         logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold, word_timestamps=word_timestamps,
         prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations, vad_filter=vad_filter,
-        vad_options=VadOptions.from_parameters(vad_parameters),
+        vad_options=VadOptions.from_parameters(vad_parameters), pack=pack,
     )
     return BatchedTranscriber(model, options, decode_options).run(inputs)
 

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "batch_size", type=optional_int, default=None,
          help="decode this many 30 s chunks together, across all the files given (batched mode: chunks "
               "are not conditioned on previous text; each file's outputs are written as soon as it is done)")
+    p.add_argument("--no-pack", dest="pack", action="store_false",
+                   help="(needs --batch-size) give each file's speech its own 30 s windows; by default, with the VAD, "
+                        "the speech of several short files shares a window (fewer windows to decode)")
 
     _add(p, "vad_filter", type=str2bool, nargs="?", const=True, default=None,
          help="cut non-speech (Silero VAD) before decoding; times stay those of the original audio "
@@ -212,6 +215,8 @@ def _check_args(parser: argparse.ArgumentParser, args: dict) -> None:
         parser.error("standard input (-) can be read only once")
     if args["batch_size"] is not None and args["batch_size"] < 1:
         parser.error(f"--batch-size: expected a positive number of chunks, got {args['batch_size']}")
+    if not args["pack"] and args["batch_size"] is None:
+        parser.error("--no-pack requires --batch-size")
     for name in _VAD_OPTIONS:
         if args[f"vad_{name}"] is not None and not args["vad_filter"]:
             parser.error(f"--vad-{name.replace('_', '-')} requires --vad-filter")
@@ -319,10 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer_args = {option: args.pop(option) for option in _WORD_OPTIONS}
     writer_args["output_name"] = args.pop("output_name")
 
-    batch_size = args.pop("batch_size")
+    batch_size, pack = args.pop("batch_size"), args.pop("pack")
     if batch_size is not None:
         try:
-            return _run_batched(model, args, temperatures, batch_size, writer, writer_args, debug)
+            return _run_batched(model, args, temperatures, batch_size, pack, writer, writer_args, debug)
         except ModelOutputError as e:  # the model, not a file: every file would fail the same way
             print(f"{PROG}: error: {model_name}: {e}", file=sys.stderr)
             return 1
@@ -348,7 +353,8 @@ _SEQUENTIAL_ONLY = ("verbose", "initial_prompt", "carry_initial_prompt", "condit
                     "clip_timestamps", "hallucination_silence_threshold")
 
 
-def _run_batched(model, args: dict, temperatures: tuple, batch_size: int, writer, writer_args: dict, debug: bool) -> int:
+def _run_batched(model, args: dict, temperatures: tuple, batch_size: int, pack: bool, writer, writer_args: dict,
+                 debug: bool) -> int:
     """--batch-size: every file's chunks through one batched decoder; each file's outputs are
     written when its last chunk is decoded; a file that fails is reported and the rest go on."""
     from .batched import transcribe_many
@@ -359,7 +365,7 @@ def _run_batched(model, args: dict, temperatures: tuple, batch_size: int, writer
     failed = 0
     try:
         for _, path, result in transcribe_many(paths, model=model, batch_size=batch_size, temperature=temperatures,
-                                               **args):
+                                               pack=pack, **args):
             try:
                 if isinstance(result, Exception):
                     raise result

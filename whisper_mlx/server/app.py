@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import shutil
@@ -88,7 +89,10 @@ class Service:
             from ..transcribe import transcribe
         run_many = None
         if config.batch_size > 1:
-            from ..batched import transcribe_many as run_many
+            from ..batched import transcribe_many
+
+            # requests share batches, never a window: one client's audio must not shape another's text
+            run_many = functools.partial(transcribe_many, pack=False)
         pool = ModelPool(config.models, config.max_loaded, loader)
         workers = {name: ModelWorker(name, pool, transcribe, batch_size=config.batch_size, run_many=run_many)
                    for name in config.models}
