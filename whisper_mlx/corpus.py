@@ -268,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
-    cli._check_args(parser, {**args, "clip_timestamps": "0", "batch_size": None, "output_name": None, "audio": []})
+    cli._check_args(parser, {**args, "clip_timestamps": "0", "batch_size": None, "output_name": None, "audio": [],
+                                "pack": True})
     if args["address"] is not None and args["cpus"] is not None:
         parser.error("--cpus sizes the local cluster; an existing one (--address) has its own")
     if args["vad_filter"] and not vad.onnxruntime_available():
@@ -373,15 +374,15 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
                 return 2
         constructor = dict(model=model, backend=args["backend"], device=device, dtype=args["dtype"],
                            batch_size=args["batch_size"], **_transcribe_options(args))
-        # longest first, each worker holding at most two tasks: long files spread over the workers
-        # from the start and the short ones fill in behind them, so no worker is left with a queue
-        # of long files while the others are done (longest-processing-time-first scheduling)
+        # longest first: the long files are spread over the workers from the start and the short
+        # ones fill in behind them, so no worker is left with a long file while the others are done
+        # (longest-processing-time-first scheduling)
         durations = {p: _duration(p) for p in todo}
         ordered = sorted(todo, key=lambda p: -durations[p])
         ds = ray.data.from_items([{"path": p} for p in ordered]).map_batches(
             Transcriber, fn_constructor_kwargs=constructor, batch_size=args["files_per_task"],
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=args["workers"], max_tasks_in_flight_per_actor=2), **need)
+            compute=ray.data.ActorPoolStrategy(size=args["workers"]), **need)
         return _write(ds, durations, output, subtitles, skipped)
     finally:
         ray.shutdown()
