@@ -447,3 +447,32 @@ def test_words_of_a_later_chunk_keep_their_times(tiny, clips):
     assert later[-1]["start"] - later[0]["start"] > 5.0, later
     last = [w for s in sequential["segments"] for w in s["words"]][-1]
     assert abs(later[-1]["end"] - last["end"]) < 0.3, (later[-1], last)
+
+
+def test_packed_segments_go_whole_to_their_input_unless_one_spans_two():
+    """Two inputs at 0-5 s and 5.5-10 s of a packed window: segments inside one span (a decoded
+    end may reach SEGMENT_SLACK_S past it) go whole, in that input's time; a segment across the
+    seam makes the window's words decide (`_split`), each run of words a segment of its input."""
+    spans = [(0.0, 5.0), (5.5, 10.0)]
+    first = {"start": 0.2, "end": 5.2, "text": " One two.", "tokens": [1, 2]}
+    second = {"start": 5.6, "end": 9.8, "text": " Three.", "tokens": [3]}
+    per_part = batched._whole_segments([first, second], spans)
+    assert [[s["text"] for s in part] for part in per_part] == [[" One two."], [" Three."]]
+    assert (per_part[0][0]["start"], per_part[0][0]["end"]) == (0.2, 5.0)  # clamped into its input
+    assert (per_part[1][0]["start"], per_part[1][0]["end"]) == (0.1, 4.3)
+    across = {"start": 3.0, "end": 8.0, "text": " four five", "tokens": [4, 5],
+              "words": [{"word": " four", "start": 3.0, "end": 4.0}, {"word": " five", "start": 6.0, "end": 8.0}]}
+    assert batched._whole_segments([across], spans) is None
+
+    class Tokens:  # token i spells word i of the segment
+        eot = 100
+
+        def decode(self, ids):
+            return "".join({4: " four", 5: " five"}[i] for i in ids)
+
+        def encode(self, text):
+            raise AssertionError("the segment's own tokens spell its words")
+
+    per_part = batched._split([across], spans, Tokens())
+    assert [[(s["text"], s["tokens"], s["start"], s["end"]) for s in part] for part in per_part] == [
+        [(" four", [4], 3.0, 4.0)], [(" five", [5], 0.5, 2.5)]]

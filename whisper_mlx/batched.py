@@ -2,8 +2,9 @@
 
 Audio is cut into chunks of at most 30 s: speech regions found by Silero VAD and joined
 (`vad_filter=True`), or consecutive 30 s windows. With the VAD, the chunks of several short
-inputs share one 30 s window (`pack`: fewer windows to encode, fewer rows to decode); every word
-of a packed window is timed and goes back to the input it was spoken in. Each batch of windows is
+inputs share one 30 s window (`pack`: fewer windows to encode, fewer rows to decode); a packed
+window decodes with timestamp tokens and each segment (or, across two inputs, each word) goes back
+to the input it was spoken in. Each batch of windows is
 encoded as one batch and decoded as B rows through the model's backend (greedy, beam search, or
 sampling; the temperature fallback re-decodes only the rows that need it); no chunk is
 conditioned on the text before it (as faster-whisper's BatchedInferencePipeline). Segments and word timestamps come per
@@ -216,14 +217,8 @@ def _split(segments: list[dict], spans: list[tuple[float, float]], tokenizer) ->
     bounds = [(end + start) / 2 for (_, end), (start, _) in zip(spans, spans[1:])]
     per_part: list[list[dict]] = [[] for _ in spans]
 
-    def add(k: int, segment: dict) -> None:  # the segment in part k's time, inside the part
-        offset, length = spans[k][0], spans[k][1] - spans[k][0]
-
-        def local(t: float) -> float:
-            return round(min(max(t - offset, 0.0), length), 3)
-
-        words = [{**w, "start": local(w["start"]), "end": local(w["end"])} for w in segment["words"]]
-        per_part[k].append({**segment, "start": local(segment["start"]), "end": local(segment["end"]), "words": words})
+    def add(k: int, segment: dict) -> None:
+        per_part[k].append(_local(segment, spans[k]))
 
     for segment in segments:
         if not segment["words"]:
@@ -241,6 +236,40 @@ def _split(segments: list[dict], spans: list[tuple[float, float]], tokenizer) ->
             add(k, {**segment, "start": words[0]["start"], "end": words[-1]["end"], "text": text, "tokens": tokens,
                     "words": words})
     return per_part
+
+
+# How far a segment's decoded start or end may reach into a neighbouring input's span (timestamp
+# tokens are predicted, 20 ms steps) and the segment still count as wholly its own.
+SEGMENT_SLACK_S = 0.3
+
+
+def _whole_segments(segments: list[dict], spans: list[tuple[float, float]]) -> list[list[dict]] | None:
+    """A packed window's segments shared out whole among its parts, when each lies in one part's
+    span (up to SEGMENT_SLACK_S at its ends); None when one spans two parts (then `_split` shares
+    out its words). Times become the part's, as in `_split`."""
+    bounds = [(end + start) / 2 for (_, end), (start, _) in zip(spans, spans[1:])]
+    per_part: list[list[dict]] = [[] for _ in spans]
+    for segment in segments:
+        start, end = segment["start"], segment["end"]
+        first = bisect.bisect_right(bounds, min(start + SEGMENT_SLACK_S, (start + end) / 2))
+        last = bisect.bisect_right(bounds, max(end - SEGMENT_SLACK_S, (start + end) / 2))
+        if first != last:
+            return None
+        per_part[first].append(segment)
+    return [[_local(segment, spans[k]) for segment in part] for k, part in enumerate(per_part)]
+
+
+def _local(segment: dict, span: tuple[float, float]) -> dict:
+    """A packed window's segment (and its words) in the time of the part at `span`, inside it."""
+    offset, length = span[0], span[1] - span[0]
+
+    def local(t: float) -> float:
+        return round(min(max(t - offset, 0.0), length), 3)
+
+    out = {**segment, "start": local(segment["start"]), "end": local(segment["end"])}
+    if "words" in segment:
+        out["words"] = [{**w, "start": local(w["start"]), "end": local(w["end"])} for w in segment["words"]]
+    return out
 
 
 def _token_runs(tokenizer, tokens: list[int], texts: list[str]) -> list[list[int]]:
@@ -474,24 +503,26 @@ class BatchedTranscriber:
         results: dict[int, DecodingResult] = {}
         if live:
             features = embed_audio(model, mx.stack([windows[k].mel for k in live]))
-            todo = list(range(len(live)))
-            for t in options.temperature:
-                decoded = decode(model, features[mx.array(todo)] if len(todo) < len(live) else features,
-                                 decode_options_at(decode_options, t))
-                for k, result in zip(todo, decoded):
-                    results[live[k]] = result
-                todo = [k for k in todo if needs_fallback(results[live[k]], options.compression_ratio_threshold,
-                                                          options.logprob_threshold, options.no_speech_threshold)]
-                if not todo:
-                    break
+            # a packed window holds several utterances: decoded with timestamp tokens, which is how
+            # Whisper reads a window of several (without them it may stop after the first pause)
+            lone = [j for j, k in enumerate(live) if len(windows[k].parts) == 1]
+            packed = [j for j, k in enumerate(live) if len(windows[k].parts) > 1]
+            for rows, group_options in ((lone, decode_options), (packed, {**decode_options, "without_timestamps": False})):
+                for j, result in self._decode_rows(features, rows, group_options).items():
+                    results[live[j]] = result
         for k, window in enumerate(windows):
             result = results.get(k)
             if result is None:
                 per_part = [[] for _ in window.parts]
             elif len(window.parts) == 1:
                 per_part = [self._segments(result, tokenizer, window, options.word_timestamps)]
-            else:  # every word timed, to find the input it was spoken in
-                per_part = _split(self._segments(result, tokenizer, window, True), window.spans, tokenizer)
+            else:  # each segment to the input it was spoken in; words timed where one spans two
+                segments = self._segments(result, tokenizer, window, options.word_timestamps)
+                per_part = _whole_segments(segments, window.spans)
+                if per_part is None:
+                    if not options.word_timestamps:
+                        segments = self._segments(result, tokenizer, window, True)
+                    per_part = _split(segments, window.spans, tokenizer)
             for (source, i), segments in zip(window.parts, per_part):
                 if source.error is not None:
                     continue  # failed since this window was cut: its error is out already
@@ -502,6 +533,22 @@ class BatchedTranscriber:
                         del segment["words"]  # timed only to split a packed window; blank ones keep []
                 source.segments[i] = chunk.restore(segments)
                 yield source, i
+
+    def _decode_rows(self, features: mx.array, rows: list[int], decode_options: dict) -> dict[int, DecodingResult]:
+        """Decode the windows `rows` of `features` as B rows, with the temperature fallback
+        re-decoding only the rows that need it; returns each row's result."""
+        options, results = self.options, {}
+        todo = list(rows)
+        for t in options.temperature if rows else ():
+            decoded = decode(self.model, features[mx.array(todo)] if len(todo) < features.shape[0] else features,
+                             decode_options_at(decode_options, t))
+            for j, result in zip(todo, decoded):
+                results[j] = result
+            todo = [j for j in todo if needs_fallback(results[j], options.compression_ratio_threshold,
+                                                      options.logprob_threshold, options.no_speech_threshold)]
+            if not todo:
+                break
+        return results
 
     def _segments(self, result: DecodingResult, tokenizer, window: _Window, word_timestamps: bool) -> list[dict]:
         """A decoded window's segments, times from the window's start ([] if it is silence); every
@@ -571,10 +618,11 @@ def transcribe_many(
     read; the others go on. decode_options: DecodingOptions fields (language, task, beam_size,
     best_of, patience, length_penalty, suppress_tokens, ...); no text is carried between chunks.
 
-    Like faster-whisper's batched mode, chunks decode without timestamp tokens by default (one
+    Like faster-whisper's batched mode, a chunk decodes without timestamp tokens by default (one
     segment per chunk; word_timestamps still time every word): with timestamps, a chunk's text
     after an early end-of-segment is lost, since no later window re-reads it as the sequential
-    loop's does (pass without_timestamps=False for segments cut at timestamp tokens).
+    loop's does (pass without_timestamps=False for segments cut at timestamp tokens). A packed
+    window (below) always decodes with them.
 
     vad_filter: chunks are speech regions (Silero VAD) joined up to 30 s; None: so when
     onnxruntime is installed, else (and with False) consecutive 30 s windows, which can cut a
@@ -582,10 +630,12 @@ def transcribe_many(
     silences of 160 ms to stay under 30 s.
 
     pack (with the VAD): the speech of several short inputs (of one language) shares a 30 s
-    window, half a second of silence between two inputs, so fewer windows are encoded and decoded;
-    every word of such a window is timed (as word_timestamps) and goes to the input it was spoken
-    in. Whisper reads a window as one utterance, so an input's text may differ a little from its
-    text alone (pack=False)."""
+    window, half a second of silence between two inputs, so fewer windows are encoded and decoded.
+    Such a window decodes with timestamp tokens (Whisper's way of reading several utterances: it
+    segments them; without, it may stop at the first pause), and each segment goes to the input
+    whose span holds it; a segment that runs across two inputs is cut by its words' times. An
+    input's text may differ a little from its text alone (pack=False): the model reads its
+    neighbours too."""
     if vad_filter is None:
         vad_filter = onnxruntime_available()
         if not vad_filter:
