@@ -41,7 +41,7 @@ _SHARED = ("model", "device", "dtype", "backend", "task", "language", "temperatu
            "patience", "length_penalty", "suppress_tokens", "temperature_increment_on_fallback",
            "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "word_timestamps",
            "prepend_punctuations", "append_punctuations", "highlight_words", "max_line_width", "max_line_count",
-           "max_words_per_line", "vad_filter")
+           "max_words_per_line", "vad_filter", "pack")
 
 
 class UsageError(ValueError):
@@ -248,7 +248,7 @@ def _transcribe_options(args: dict) -> dict:
     options = {name: args[name] for name in ("task", "language", "best_of", "beam_size", "patience", "length_penalty",
                                              "suppress_tokens", "compression_ratio_threshold", "logprob_threshold",
                                              "no_speech_threshold", "word_timestamps", "prepend_punctuations",
-                                             "append_punctuations", "vad_filter")}
+                                             "append_punctuations", "vad_filter", "pack")}
     if options["language"] is not None:
         options["language"] = TO_LANGUAGE_CODE.get(options["language"].lower(), options["language"])
     temperature, increment = args["temperature"], args["temperature_increment_on_fallback"]
@@ -268,8 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
-    cli._check_args(parser, {**args, "clip_timestamps": "0", "batch_size": None, "output_name": None, "audio": [],
-                                "pack": True})
+    cli._check_args(parser, {**args, "clip_timestamps": "0", "output_name": None, "audio": []})
     if args["address"] is not None and args["cpus"] is not None:
         parser.error("--cpus sizes the local cluster; an existing one (--address) has its own")
     if args["vad_filter"] and not vad.onnxruntime_available():
