@@ -214,7 +214,7 @@ def _split(segments: list[dict], spans: list[tuple[float, float]], tokenizer) ->
     middle of the gap between them); each part's segments are made of its words (their text,
     tokens and times), times from the part's start. A segment without words goes whole to the
     part that holds its middle; a part no word went to gets no segment (as a silent chunk)."""
-    bounds = [(end + start) / 2 for (_, end), (start, _) in zip(spans, spans[1:])]
+    bounds = _seams(spans)
     per_part: list[list[dict]] = [[] for _ in spans]
 
     def add(k: int, segment: dict) -> None:
@@ -247,7 +247,7 @@ def _whole_segments(segments: list[dict], spans: list[tuple[float, float]]) -> l
     """A packed window's segments shared out whole among its parts, when each lies in one part's
     span (up to SEGMENT_SLACK_S at its ends); None when one spans two parts (then `_split` shares
     out its words). Times become the part's, as in `_split`."""
-    bounds = [(end + start) / 2 for (_, end), (start, _) in zip(spans, spans[1:])]
+    bounds = _seams(spans)
     per_part: list[list[dict]] = [[] for _ in spans]
     for segment in segments:
         start, end = segment["start"], segment["end"]
@@ -257,6 +257,11 @@ def _whole_segments(segments: list[dict], spans: list[tuple[float, float]]) -> l
             return None
         per_part[first].append(segment)
     return [[_local(segment, spans[k]) for segment in part] for k, part in enumerate(per_part)]
+
+
+def _seams(spans: list[tuple[float, float]]) -> list[float]:
+    """Where two neighbouring parts of a packed window meet: the middle of the gap between them."""
+    return [(end + start) / 2 for (_, end), (start, _) in zip(spans, spans[1:])]
 
 
 def _local(segment: dict, span: tuple[float, float]) -> dict:
