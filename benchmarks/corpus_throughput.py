@@ -121,6 +121,12 @@ def steady_rate(arrivals: list) -> float | None:
     return sum(a for _, a in arrivals[1:]) / (arrivals[-1][0] - arrivals[0][0])
 
 
+def _tasks(files_per_task: int | None) -> str:
+    if files_per_task is None:
+        return "corpus tasks cut by audio duration"
+    return f"{files_per_task} files per corpus task"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=64, help="short clips (6-10 s each, the English parity clips in turn)")
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="corpus passes with these worker counts")
     p.add_argument("--rounds", type=int, default=2, help="rounds; each runs every pass, the order rotating")
     p.add_argument("--batch-size", type=int, default=8, help="decoder batch (30 s chunks) in every pass")
-    p.add_argument("--files-per-task", type=int, default=16, help="corpus: files handed to a worker at once")
+    p.add_argument("--files-per-task", type=int, default=None,
+                   help="corpus: files handed to a worker at once (default: the command's tasks by audio duration)")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="the local Ray cluster's CPUs")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                    help="gpu: MLX on the GPU, one GPU per corpus worker")
@@ -165,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         durations = {f: seconds[os.path.realpath(f)] for f in files}
         audio_s = sum(durations.values())
         options = dict(batch_size=args.batch_size, beam_size=None, best_of=5, vad_filter=False)
-        flags = ["--batch-size", str(args.batch_size), "--files-per-task", str(args.files_per_task), "--cpus",
-                 str(args.cpus), "--device", args.device, "--beam-size", "None", "--vad-filter", "False"]
+        flags = ["--batch-size", str(args.batch_size), "--cpus", str(args.cpus), "--device", args.device,
+                 "--beam-size", "None", "--vad-filter", "False"]
+        if args.files_per_task is not None:
+            flags += ["--files-per-task", str(args.files_per_task)]
         passes = {} if args.no_in_process else {
             "in_process": lambda: in_process(model, files, options, args.device, durations)}
         for w in args.workers:
@@ -254,7 +263,7 @@ def render(r: dict) -> str:
             ", ".join(f"{name} {x[name]}" for name in x["order"]) for x in r["per_round_audio_h_per_h"]) + ".",
         f"Every pass is a fresh process timed from its start to its last row: the corpus passes include the "
         f"local Ray cluster's start and each worker's model load, the in-process pass its one model load. Decoder "
-        f"batch {r['batch_size']}, {r['files_per_task']} files per corpus task, greedy with temperature fallback, "
+        f"batch {r['batch_size']}, {_tasks(r['files_per_task'])}, greedy with temperature fallback, "
         "no VAD. Steady: from the first rows to the last (the audio of every row after the first arrival over "
         "the time between the first and the last arrival): the start, the model loads and the local cluster's "
         "start left out, which a long corpus approaches.",

@@ -264,3 +264,25 @@ def test_bad_usage_is_one_line(tmp_path, tiny_en_fp32_dir):
     assert no_ray.returncode == 2
     assert no_ray.stderr.strip() == ("whisper-mlx corpus: error: needs the `ray` extra (ray is missing): "
                                      "pip install 'whisper-mlx[ray]'")
+
+
+def test_tasks_by_duration_longest_first():
+    from whisper_mlx.corpus import plan_tasks
+
+    durations = {"long": 900.0, "mid": 200.0, **{f"s{i:02d}": 10.0 + i for i in range(40)}, "unknown": 0.0}
+    paths = sorted(durations)
+    # batch 4: a task holds about two batches of 30 s chunks (240 s), one worker gets at least four
+    groups = plan_tasks(paths, durations, batch_size=4, workers=1)
+    assert sorted(p for g in groups for p in g) == paths  # every input once
+    flat = [p for g in groups for p in g]
+    assert flat[:2] == ["long", "mid"] and flat[-1] == "unknown"  # longest first; unknown length last
+    assert groups[0] == ["long"]  # longer than a task: alone
+    for group in groups[1:-1]:  # each full task holds its target's worth, not much more
+        seconds = [durations[p] or 30.0 for p in group]
+        assert sum(seconds) >= 240.0 and sum(seconds) - seconds[-1] < 240.0, group
+    # two workers, no file longer than a task: at least four tasks each
+    short = [p for p in paths if p.startswith("s")]
+    many = plan_tasks(short, durations, batch_size=16, workers=2)
+    assert len(many) >= 8 and all(sum(durations[p] for p in g[:-1]) < sum(durations[p] for p in short) / 8 for g in many)
+    # a file count, when given, is the task size
+    assert [len(g) for g in plan_tasks(paths, durations, 4, 1, files_per_task=16)] == [16, 16, 11]

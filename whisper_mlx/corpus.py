@@ -25,8 +25,9 @@ import os
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 PROG = "whisper-mlx corpus"
 FORMATS = {"parquet": ".parquet", "jsonl": ".json"}  # Ray Data's write_json names its files *.json
@@ -89,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also write these per input under DIR/subtitles/ ({','.join(SUBTITLE_FORMATS)})%(default).0s")
     p.add_argument("--workers", type=_positive_int, default=1, help="actors, each with its own model")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="30 s chunks each worker decodes together")
-    p.add_argument("--files-per-task", type=_positive_int, default=16,
-                   help="files handed to a worker at once (their chunks share batches; their rows are written together)")
+    p.add_argument("--files-per-task", type=_positive_int, default=None,
+                   help="files handed to a worker at once (their chunks share batches; their rows are written "
+                        "together); default: tasks by audio duration, each about two decoder batches of 30 s "
+                        "chunks, at least four per worker%(default).0s")
     p.add_argument("--address", default=None,
                    help="an existing Ray cluster (`ray start --head` prints it; 'auto': the one on this machine); "
                         "default: start a local one for this run%(default).0s")
@@ -137,6 +140,36 @@ def find_inputs(specs: Iterable[str]) -> list[str]:
         for f in files:
             found.setdefault(os.path.abspath(f), None)
     return list(found)
+
+
+def plan_tasks(paths: Sequence[str], durations: Mapping[str, float], batch_size: int, workers: int,
+               files_per_task: int | None = None) -> list[list[str]]:
+    """The inputs cut into tasks (each one actor call, its files' chunks sharing decoder batches),
+    longest files first: the long files are spread over the workers from the start and the short
+    ones fill in behind them, so no worker is left with a long file while the others are done
+    (longest-processing-time-first scheduling).
+
+    files_per_task: that many files a task. Otherwise tasks are cut by audio duration: about two
+    full decoder batches of 30 s chunks each (a task of a few short files would decode at a
+    fraction of the batch, and every task costs a round trip through Ray Data), but small enough
+    that each worker gets at least four (the last tasks finish close together). A file longer
+    than that is a task of its own; a file whose duration is unknown (0) counts as one chunk."""
+    from .audio import CHUNK_LENGTH
+
+    ordered = sorted(paths, key=lambda p: -durations.get(p, 0.0))
+    if files_per_task is not None:
+        return [ordered[i:i + files_per_task] for i in range(0, len(ordered), files_per_task)]
+    seconds = {p: durations.get(p) or CHUNK_LENGTH for p in ordered}
+    target = min(2 * batch_size * CHUNK_LENGTH, sum(seconds.values()) / (4 * workers))
+    groups: list[list[str]] = []
+    held = 0.0
+    for p in ordered:
+        if not groups or held >= target:
+            groups.append([])
+            held = 0.0
+        groups[-1].append(p)
+        held += seconds[p]
+    return groups
 
 
 def _duration(path: str) -> float:
@@ -345,16 +378,20 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
     gpu = device == "gpu" and sys.platform != "darwin"  # Metal is no GPU to Ray: see ray_remote_args
 
     cpus = args["cpus"] or os.cpu_count() or 1
+    # the inputs' durations (for the tasks and the progress bar) are read while Ray starts, on a few
+    # threads: opening a container costs milliseconds, thousands of inputs seconds
+    probe = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="whisper-mlx-probe")
+    pending = [probe.submit(_duration, p) for p in todo]
     # two notices that are not about this run: Ray's advice to opt out of token authentication (kept
     # on), and Ray Data's note that its own progress bars are off (this command draws its own)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    if local:
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=_object_store_bytes(),
-                 log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(address=args["address"], log_to_driver=False, logging_level=logging.WARNING)
     try:
+        if local:
+            ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=_object_store_bytes(),
+                     log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=args["address"], log_to_driver=False, logging_level=logging.WARNING)
         # after ray.init, which installs a handler that aborts the process: SIGTERM ends the run as
         # Ctrl-C does (Ray Data stops its executor, the local cluster is shut down, exit 130)
         signal.signal(signal.SIGTERM, _interrupt)
@@ -373,17 +410,17 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
                 return 2
         constructor = dict(model=model, backend=args["backend"], device=device, dtype=args["dtype"],
                            batch_size=args["batch_size"], **_transcribe_options(args))
-        # longest first: the long files are spread over the workers from the start and the short
-        # ones fill in behind them, so no worker is left with a long file while the others are done
-        # (longest-processing-time-first scheduling)
-        durations = {p: _duration(p) for p in todo}
-        ordered = sorted(todo, key=lambda p: -durations[p])
-        ds = ray.data.from_items([{"path": p} for p in ordered]).map_batches(
-            Transcriber, fn_constructor_kwargs=constructor, batch_size=args["files_per_task"],
-            batch_format="numpy",
+        durations = {p: future.result() for p, future in zip(todo, pending)}
+        groups = plan_tasks(todo, durations, args["batch_size"], args["workers"], args["files_per_task"])
+        # one block per task, handed whole to one actor call (batch_size=None)
+        import pyarrow as pa
+
+        ds = ray.data.from_arrow([pa.table({"path": group}) for group in groups]).map_batches(
+            Transcriber, fn_constructor_kwargs=constructor, batch_size=None, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=args["workers"]), **need)
         return _write(ds, durations, output, subtitles, skipped)
     finally:
+        probe.shutdown(cancel_futures=True)
         ray.shutdown()
 
 
