@@ -130,10 +130,12 @@ def test_streamed_files_equal_the_whole_array(tiny, clips, gap_clip, vad_filter,
     assert wer(clip.text, from_file["text"]) <= 0.2
 
 
-def test_a_streamed_file_detects_its_language_on_its_first_30_s(base_fp32_dir, clips, monkeypatch):
-    """Without a language, a multilingual model detects it on the first 30 s of the file, read in
-    the first pass: exactly the samples the array's detection sees (the long story is longer than
-    30 s), and the right language on real weights."""
+def test_language_is_detected_on_the_first_chunk_and_its_encoding_reused(base_fp32_dir, clips, monkeypatch):
+    """Without a language, a multilingual model detects it on the input's first chunk: without
+    the VAD the first 30 s, exactly the same samples for a file read as a stream as for the array
+    (the long story is longer than 30 s); the right language on real weights. That chunk's encoder
+    output is not computed again for its window: the long story with the VAD encodes one window per
+    chunk (not one more), and its text equals that of a run told the language."""
     from whisper_mlx.audio import N_SAMPLES, load_audio
     from whisper_mlx.batched import BatchedTranscriber, BatchOptions
 
@@ -142,10 +144,25 @@ def test_a_streamed_file_detects_its_language_on_its_first_30_s(base_fp32_dir, c
     spanish = clips["es_beach"].path
     assert reader._open(0, spanish).language == reader._open(0, load_audio(spanish)).language == "es"
     seen = []
-    monkeypatch.setattr(BatchedTranscriber, "_language", lambda self, audio: seen.append(audio[:N_SAMPLES]) or "en")
+    original = BatchedTranscriber._detection_audio
+    monkeypatch.setattr(BatchedTranscriber, "_detection_audio", staticmethod(lambda read: seen.append(original(read)) or seen[-1]))
+    monkeypatch.setattr(batched, "KEEP_SECONDS", 0.0)  # the file is read as a stream, not kept
     story = clips["en_long_story"].path
     reader._open(0, story), reader._open(0, load_audio(story))
-    assert seen[0].size == N_SAMPLES and np.array_equal(seen[0], seen[1])
+    (from_file, first_chunk), (from_array, _) = seen
+    assert first_chunk and from_file.size == N_SAMPLES and np.array_equal(from_file, from_array)
+    monkeypatch.undo()
+
+    encoded = []
+    embed = batched.embed_audio
+    monkeypatch.setattr(batched, "embed_audio", lambda model, mel: encoded.append(mel.shape[0]) or embed(model, mel))
+    options = dict(model=base, batch_size=8, vad_filter=True, temperature=0.0)
+    [(_, _, detected)] = transcribe_many([story], **options)
+    chunks = len({segment["seek"] for segment in detected["segments"]})
+    assert detected["language"] == "en" and chunks >= 2
+    assert sum(encoded) == chunks, encoded
+    [(_, _, told)] = transcribe_many([story], language="en", **options)
+    assert detected["text"] == told["text"]
 
 
 def test_a_file_cut_short_after_its_first_reading_fails_alone(tiny, short_clips, tmp_path, monkeypatch):

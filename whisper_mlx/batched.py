@@ -158,6 +158,9 @@ class _Source:
     file: _FileChunks | None = None  # a file's pass 2
     segments: dict[int, list[dict]] = field(default_factory=dict)
     error: Exception | None = None  # set when reading a chunk's audio failed
+    # the first chunk's encoder output where the language was detected on it: its window, when it
+    # is that chunk alone, is not encoded again (dropped once that chunk's batch is decoded)
+    first_features: mx.array | None = None
 
     @property
     def done(self) -> bool:
@@ -306,14 +309,30 @@ class BatchedTranscriber:
     def _detects_language(self) -> bool:
         return self.decode_options.get("language") is None and self.model.is_multilingual
 
-    def _language(self, audio: np.ndarray) -> str:
+    def _language(self, read: _Read) -> tuple[str, mx.array | None]:
         """The decoding language: given, English for an English-only model, else detected on the
-        first 30 s of `audio`."""
+        input's first chunk (the first 30 s of speech with the VAD, as faster-whisper's batched
+        mode detects it; the first 30 s without). With the language, the encoder output it was
+        detected on where that is the first chunk's (its window then reuses it), else None."""
         if not self._detects_language:
-            return self.decode_options.get("language") or "en"
-        mel, _, _ = _mel(audio[:N_SAMPLES], self.model.dims.n_mels)
-        _, probs = detect_language(self.model, mel)
-        return max(probs, key=probs.get)
+            return self.decode_options.get("language") or "en", None
+        audio, first_chunk = self._detection_audio(read)
+        mel, _, _ = _mel(audio, self.model.dims.n_mels)
+        features = embed_audio(self.model, mel[None])[0]
+        _, probs = detect_language(self.model, features)
+        return max(probs, key=probs.get), features if first_chunk else None
+
+    @staticmethod
+    def _detection_audio(read: _Read) -> tuple[np.ndarray, bool]:
+        """The audio the language is detected on, and whether it is the first chunk's: that chunk
+        where its samples are at hand (an input held in memory, or a first chunk inside the first
+        30 s that a streamed file keeps), else the first 30 s."""
+        if read.speech is not None:
+            return read.speech[0], True
+        first = read.chunks[0]
+        if first.end <= read.head.size:
+            return first.audio(read.head), True
+        return read.head[:N_SAMPLES], False
 
     def _open(self, index: int, audio: Audio) -> _Source:
         """An input read (`_read`) and its language found."""
@@ -321,9 +340,10 @@ class BatchedTranscriber:
 
     def _source(self, read: _Read) -> _Source:
         """The source of a read input; its language detected here (the model runs on this thread)."""
-        language = self._language(read.head) if read.chunks else (self.decode_options.get("language") or "en")
+        language, features = (self._language(read) if read.chunks
+                              else (self.decode_options.get("language") or "en", None))
         return _Source(read.index, read.name, read.n_samples / SAMPLE_RATE, language, read.chunks, read.input,
-                       speech=read.speech, file=read.file)
+                       speech=read.speech, file=read.file, first_features=features)
 
     def _read(self, index: int, audio: Audio) -> _Read:
         """An input's length, chunks and first 30 s, without the model (so it may run on the
@@ -506,8 +526,12 @@ class BatchedTranscriber:
                                   task=decode_options.get("task", "transcribe"))
         live = [k for k, window in enumerate(windows) if not window.silent]
         results: dict[int, DecodingResult] = {}
+        features = self._features([windows[k] for k in live]) if live else None
+        for window in windows:  # a first chunk's stored encoder output is used (or not) by now
+            for source, i in window.parts:
+                if i == 0:
+                    source.first_features = None
         if live:
-            features = embed_audio(model, mx.stack([windows[k].mel for k in live]))
             # a packed window holds several utterances: decoded with timestamp tokens, which is how
             # Whisper reads a window of several (without them it may stop after the first pause)
             lone = [j for j, k in enumerate(live) if len(windows[k].parts) == 1]
@@ -538,6 +562,19 @@ class BatchedTranscriber:
                         del segment["words"]  # timed only to split a packed window; blank ones keep []
                 source.segments[i] = chunk.restore(segments)
                 yield source, i
+
+    def _features(self, windows: list[_Window]) -> mx.array:
+        """The windows' encoder outputs, (B, n_audio_ctx, n_audio_state): an input's first chunk
+        alone in its window reuses the output its language was detected on; the rest are encoded
+        together."""
+        reused = {k: w.parts[0][0].first_features for k, w in enumerate(windows)
+                  if len(w.parts) == 1 and w.parts[0][1] == 0 and w.parts[0][0].first_features is not None}
+        encode = [k for k in range(len(windows)) if k not in reused]
+        if not reused:
+            return embed_audio(self.model, mx.stack([w.mel for w in windows]))
+        encoded = embed_audio(self.model, mx.stack([windows[k].mel for k in encode])) if encode else None
+        where = {k: j for j, k in enumerate(encode)}
+        return mx.stack([reused[k] if k in reused else encoded[where[k]] for k in range(len(windows))])
 
     def _decode_rows(self, features: mx.array, rows: list[int], decode_options: dict) -> dict[int, DecodingResult]:
         """Decode the windows `rows` of `features` as B rows, with the temperature fallback
