@@ -493,3 +493,19 @@ def test_packed_segments_go_whole_to_their_input_unless_one_spans_two():
     per_part = batched._split([across], spans, Tokens())
     assert [[(s["text"], s["tokens"], s["start"], s["end"]) for s in part] for part in per_part] == [
         [(" four", [4], 3.0, 4.0)], [(" five", [5], 0.5, 2.5)]]
+
+
+@pytest.mark.parametrize("seconds", [0.5, 7.0, 29.98, 29.99, 30.0])
+@pytest.mark.parametrize("scale", [0.1, 1e-6, 0.0])
+def test_a_chunk_window_equals_the_sequential_paths_window(seconds, scale):
+    """A chunk's window is computed over its frames only (not the sequential path's further 30 s
+    of padding), with exactly the values, silence flag and content frames of the sequential path's
+    first window of the same audio: up to 30 s, within a frame's reach of the end, and silence."""
+    from whisper_mlx.audio import N_FRAMES, load_mel, pad_or_trim
+
+    audio = (np.random.default_rng(0).standard_normal(int(seconds * 16000)) * scale).astype(np.float32)
+    mel = load_mel(audio, 80)
+    frames = min(N_FRAMES, mel.content_frames)
+    window, got_frames, silent = batched._mel(audio, 80)
+    assert (got_frames, silent) == (frames, mel.is_silent(0, frames))
+    assert np.array_equal(np.array(window), np.array(pad_or_trim(mel.segment(0, frames), N_FRAMES, axis=0)))

@@ -227,7 +227,6 @@ def pad_or_trim(array, length: int = N_SAMPLES, *, axis: int = -1):
 
 
 @lru_cache(maxsize=None)
-@lru_cache(maxsize=None)
 def mel_filters(n_mels: int) -> mx.array:
     """The librosa Mel filterbank (n_mels, N_FFT // 2 + 1) that openai-whisper ships."""
     if n_mels not in (80, 128):
@@ -446,9 +445,12 @@ def load_mel(
     n_mels: int = 80,
     *,
     stream_threshold_s: float = STREAM_THRESHOLD_S,
+    padding: int = N_SAMPLES,
 ) -> MelSource:
     """A MelSource for a file or waveform; files longer than `stream_threshold_s` are streamed
-    (`-`, pipes and URLs, readable once, are decoded into memory)."""
+    (`-`, pipes and URLs, readable once, are decoded into memory). `padding`: zeros after an
+    in-memory waveform (the seek loop's 30 s; a caller that reads only frames ending within
+    len + padding - N_FFT // 2 samples may pass less, with the same values)."""
     if isinstance(audio, (str, Path)):
         file = str(audio)
         if not single_pass(file):  # stdin, pipes and URLs are decoded once, into memory
@@ -456,7 +458,7 @@ def load_mel(
             if duration is None or duration > stream_threshold_s:
                 return _streaming_mel(file, n_mels)
         audio = load_audio(file)
-    signal = _ArraySignal(_as_waveform(audio), N_SAMPLES)
+    signal = _ArraySignal(_as_waveform(audio), padding)
     blocks = [_log10_block(signal, k, n_mels) for k in range(_n_blocks(signal.n_frames))]
     global_max = mx.max(mx.stack([b.max() for b in blocks]))
     return MelSource(n_mels, signal.length // HOP_LENGTH, global_max, blocks.__getitem__)

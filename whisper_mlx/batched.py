@@ -35,7 +35,7 @@ import mlx.core as mx
 import numpy as np
 import tqdm
 
-from .audio import (HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, decode_chunks, load_audio, load_mel,
+from .audio import (HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, decode_chunks, load_audio, load_mel,
                     pad_or_trim, single_pass)
 from .decoding import DecodingResult, decode, detect_language, embed_audio
 from .model import Whisper
@@ -205,8 +205,10 @@ def _chunks(audio: np.ndarray, options: BatchOptions) -> list[SpeechChunk]:
 
 def _mel(audio: np.ndarray, n_mels: int) -> tuple[mx.array, int, bool]:
     """A chunk's 30 s log-mel window as the sequential path computes it for a file this short,
-    its content frames, and whether it is silent."""
-    mel = load_mel(audio, n_mels)
+    its content frames, and whether it is silent. Only the window's frames are computed: the
+    zeros after the chunk reach just past its 30 s (the sequential path's further 30 s of frames
+    are silence, below every value of the window, so its maximum, which scales it, is the same)."""
+    mel = load_mel(audio, n_mels, padding=max(N_SAMPLES - audio.size, 0) + N_FFT // 2)
     frames = min(N_FRAMES, mel.content_frames)
     return pad_or_trim(mel.segment(0, frames), N_FRAMES, axis=0), frames, mel.is_silent(0, frames)
 
