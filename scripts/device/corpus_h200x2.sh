@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# On nvidia-h200-x2 after unpack.sh (all parts): issue 16's 1 GPU against 2 GPUs, one pass per call
+# (a pass of the 8.65 h corpus on one GPU takes about 6 min, two do not fit one call):
+#   scripts/device/corpus_h200x2.sh 1     then     scripts/device/corpus_h200x2.sh 2
+# base fp16, batch 16, tasks cut by audio duration (the command's default); 1536 short clips and
+# 96 copies of the 3.4 min clip. JSON and table under $OUT/corpus-h200x2-wN.
+set -euo pipefail
+. /tmp/env.sh
+workers=$1
+M=$(ls -d $WHISPER_MLX_TEST_CACHE/models/base-fp16-*)
+python3 -m benchmarks.corpus_throughput --device gpu --model "$M" --cache "$WHISPER_MLX_TEST_CACHE" \
+  --files 1536 --long 96 --workers "$workers" --cpus 16 --rounds 1 --batch-size 16 --no-in-process \
+  --out "$OUT/corpus-h200x2-w$workers" --note "nvidia-h200-x2; base fp16; tasks by audio duration"
