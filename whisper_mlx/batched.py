@@ -571,9 +571,9 @@ class BatchedTranscriber:
         together."""
         reused = {k: w.parts[0][0].first_features for k, w in enumerate(windows)
                   if len(w.parts) == 1 and w.parts[0][1] == 0 and w.parts[0][0].first_features is not None}
-        encode = [k for k in range(len(windows)) if k not in reused]
         if not reused:
             return embed_audio(self.model, mx.stack([w.mel for w in windows]))
+        encode = [k for k in range(len(windows)) if k not in reused]
         encoded = embed_audio(self.model, mx.stack([windows[k].mel for k in encode])) if encode else None
         where = {k: j for j, k in enumerate(encode)}
         return mx.stack([reused[k] if k in reused else encoded[where[k]] for k in range(len(windows))])

@@ -173,7 +173,8 @@ def plan_tasks(paths: Sequence[str], durations: Mapping[str, float], batch_size:
 
 
 def _duration(path: str) -> float:
-    """The container's declared duration (0 when it cannot say): for the progress bar only."""
+    """The container's declared duration (0 when it cannot say): for the tasks' sizes and the
+    progress bar, never for a result."""
     from .audio import _probe_duration
 
     try:
