@@ -362,7 +362,7 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
     import mlx.core as mx
 
     from .load import ModelLoadError, read_config, resolve
-    from .ray import Transcriber, ray_remote_args
+    from .ray import TaskTranscriber, ray_remote_args
 
     model = args["model"]
     try:
@@ -413,11 +413,9 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
                            batch_size=args["batch_size"], **_transcribe_options(args))
         durations = {p: future.result() for p, future in zip(todo, pending)}
         groups = plan_tasks(todo, durations, args["batch_size"], args["workers"], args["files_per_task"])
-        # one block per task, handed whole to one actor call (batch_size=None)
-        import pyarrow as pa
-
-        ds = ray.data.from_arrow([pa.table({"path": group}) for group in groups]).map_batches(
-            Transcriber, fn_constructor_kwargs=constructor, batch_size=None, batch_format="numpy",
+        # one row per task (its paths), handed whole to one actor call; one row per file comes out
+        ds = ray.data.from_items([{"paths": group} for group in groups], override_num_blocks=len(groups)).map_batches(
+            TaskTranscriber, fn_constructor_kwargs=constructor, batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=args["workers"]), **need)
         return _write(ds, durations, output, subtitles, skipped)
     finally:

@@ -193,6 +193,19 @@ class Transcriber:
         return pa.table(columns)
 
 
+
+class TaskTranscriber(Transcriber):
+    """`Transcriber` over tasks: a row is one task, a list of paths (column `paths`), and each of
+    them comes out as its own row (column `path`). With `batch_size=1`, Ray Data hands every task
+    whole to one actor call, on CPU and GPU actors alike (GPU actors require a batch size, so a
+    task cannot be a block taken whole with `batch_size=None`); `whisper-mlx corpus` plans the
+    tasks by audio duration."""
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
+        paths = [str(p) for task in batch["paths"] for p in task]
+        return super().__call__({self.path_column: np.array(paths, dtype=object)})
+
+
 def from_result(result: dict, word_timestamps: bool) -> dict:
     """A `transcribe` result as SCHEMA's text, language, segments and words values."""
     segments, words = [], []
