@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             per_round.append({"order": order, **{name: round(audio_s / runs[name]["wall_s"], 2) for name in names},
                               "in_process_load_s": round(runs["in_process"]["load_s"], 2) if "in_process" in runs else None,
                               "first_rows_s": {name: round(runs[name]["arrivals"][0][0], 2) if runs[name]["arrivals"]
-                                               else None for name in names}})
+                                               else None for name in names},
+                              # (seconds since the pass started, audio seconds of the rows that appeared)
+                              "arrivals": {name: [[round(t, 2), round(a, 1)] for t, a in runs[name]["arrivals"]]
+                                           for name in names}})
         load_after = os.getloadavg()
 
     result = {
