@@ -286,3 +286,31 @@ def test_tasks_by_duration_longest_first():
     assert len(many) >= 8 and all(sum(durations[p] for p in g[:-1]) < sum(durations[p] for p in short) / 8 for g in many)
     # a file count, when given, is the task size
     assert [len(g) for g in plan_tasks(paths, durations, 4, 1, files_per_task=16)] == [16, 16, 11]
+
+
+def test_tasks_reach_gpu_actors_whole(tiny_en_fp32_dir, corpus, reference):
+    """The run's pipeline with actors that ask for a GPU (ray_remote_args(gpu=True)), on a local
+    cluster that declares one GPU (Ray counts it; the model computes on the CPU here): Ray Data
+    takes it (it refuses GPU actors without a batch size) and each planned task comes back as
+    one row per file, each equal to `transcribe`."""
+    import ray
+
+    from whisper_mlx.corpus import task_dataset
+    from whisper_mlx.ray import ray_remote_args
+
+    _, inputs, sources, bad = corpus
+    groups = [[p for p in inputs if p in sources][:3], [bad, *[p for p in inputs if p in sources][3:5]]]
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": _env()["PYTHONPATH"]}})
+    try:
+        ds = task_dataset(groups, dict(model=str(tiny_en_fp32_dir), device="cpu", **OPTIONS), 1,
+                          ray_remote_args(gpu=True))
+        rows = {row["path"]: row for row in ds.take_all()}
+    finally:
+        ray.shutdown()
+    assert sorted(rows) == sorted(p for g in groups for p in g)
+    assert rows[bad]["error"] == f"{bad}: not a recognized audio or video file (unknown format or corrupt header)"
+    for path, row in rows.items():
+        if path != bad:
+            assert row["error"] is None
+            assert_same(row, reference[sources[path]])

@@ -362,7 +362,7 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
     import mlx.core as mx
 
     from .load import ModelLoadError, read_config, resolve
-    from .ray import TaskTranscriber, ray_remote_args
+    from .ray import ray_remote_args
 
     model = args["model"]
     try:
@@ -413,14 +413,25 @@ def _run(args: dict, todo: list[str], output: Output, subtitles: Subtitles, skip
                            batch_size=args["batch_size"], **_transcribe_options(args))
         durations = {p: future.result() for p, future in zip(todo, pending)}
         groups = plan_tasks(todo, durations, args["batch_size"], args["workers"], args["files_per_task"])
-        # one row per task (its paths), handed whole to one actor call; one row per file comes out
-        ds = ray.data.from_items([{"paths": group} for group in groups], override_num_blocks=len(groups)).map_batches(
-            TaskTranscriber, fn_constructor_kwargs=constructor, batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=args["workers"]), **need)
+        ds = task_dataset(groups, constructor, args["workers"], need)
         return _write(ds, durations, output, subtitles, skipped)
     finally:
         probe.shutdown(cancel_futures=True)
         ray.shutdown()
+
+
+def task_dataset(groups: list[list[str]], constructor: dict, workers: int, need: dict):
+    """The Ray Data pipeline of a run: one row per task (its paths), each handed whole to one call
+    of an actor pool of `workers` `TaskTranscriber`s asking for `need` (`ray_remote_args`); one
+    row per file comes out. batch_size=1 keeps a task whole on GPU actors too, which Ray Data
+    refuses without a batch size."""
+    import ray.data
+
+    from .ray import TaskTranscriber
+
+    return ray.data.from_items([{"paths": group} for group in groups], override_num_blocks=len(groups)).map_batches(
+        TaskTranscriber, fn_constructor_kwargs=constructor, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers), **need)
 
 
 def _write(ds, durations: dict[str, float], output: Output, subtitles: Subtitles, skipped: int) -> int:
