@@ -1,16 +1,17 @@
 """Where batched transcription's word error rate comes from: the decoder, or the VAD's cuts.
 
-whisper_mlx's VAD is Silero v6.2 (`silero-vad` 6.2.3's model); faster-whisper 1.2 bundles Silero
-v6.0 (`faster_whisper/assets/silero_vad_v6.onnx`, the probabilities of `silero-vad` 6.0.0's
-model). The two put speech boundaries up to a frame or two apart, so the 30 s chunks hold slightly
-different audio. This runs whisper_mlx's batched decoder (batch 8, greedy) on the same audio twice:
-once cut by its own VAD, once with faster-whisper's speech regions put in place of its own (same
-parameters: faster-whisper's batched ones), and faster-whisper's `BatchedInferencePipeline` once,
-each scored against the known text:
+whisper_mlx's VAD is Silero v6.0, the file faster-whisper 1.2 bundles
+(`whisper_mlx/assets/silero_vad_v6.onnx`, the probabilities of `silero-vad` 6.0.0's model). This
+runs whisper_mlx's batched decoder (batch 8, greedy) on the same audio with its own VAD, and, with
+--alt-onnx, with another Silero release's sequence export in its place (e.g. `silero-vad` 6.2.3's
+`silero_vad_16k_sequence.onnx`, whisper_mlx's model before 2026-11-30), and faster-whisper's
+`BatchedInferencePipeline` once (same VAD parameters: faster-whisper's batched ones), each scored
+against the known text:
 - the 3.4 min `bench_long` clip (the clip of tools.bench's batch8 rows);
 - every English parity and held-out clip (6-40 s each), as one pooled WER.
 
-    python -m benchmarks.vad_models --family tiny.en base --out benchmarks/vad-models-linux-cpu-2core
+    python -m benchmarks.vad_models --family tiny.en base --alt-onnx silero_vad_16k_sequence.onnx \
+        --alt-name "Silero v6.2" --out benchmarks/vad-models-linux-cpu-2core-DATE
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from benchmarks.core import DEFAULT_CACHE, git_revision, machine, write_atomic
 
-FW_BATCHED_VAD = dict(max_speech_duration_s=30, min_silence_duration_ms=160)  # BatchedInferencePipeline's
 
 
 def _clips(cache: Path) -> list[tuple[str, object, str]]:
@@ -41,50 +41,53 @@ def _clips(cache: Path) -> list[tuple[str, object, str]]:
     return out
 
 
-def measure(family: str, clips: list, cache: Path) -> dict:
+def measure(family: str, clips: list, cache: Path, alt: tuple[Path, str] | None) -> dict:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
-    from faster_whisper.vad import VadOptions as FasterVadOptions
-    from faster_whisper.vad import get_speech_timestamps as faster_speech
 
     import whisper_mlx
     from benchmarks.cpu import ctranslate2_dir, whisper_mlx_dir
-    from whisper_mlx import batched
+    from whisper_mlx import vad
     from zoo.gates import corpus_wer
 
     ours = whisper_mlx.load_model(whisper_mlx_dir(family, "fp32", cache))
     pipe = BatchedInferencePipeline(WhisperModel(str(ctranslate2_dir(family, cache)), device="cpu",
                                                  compute_type="float32"))
-    own_vad = batched.get_speech_timestamps
-    texts: dict[str, list[str]] = {"whisper_mlx, its VAD (Silero v6.2)": [],
-                                   "whisper_mlx, faster-whisper's VAD regions (Silero v6.0)": [],
-                                   "faster-whisper BatchedInferencePipeline (Silero v6.0)": []}
-    names = list(texts)
+    own = "whisper_mlx, its VAD (Silero v6.0)"
+    fw = "faster-whisper BatchedInferencePipeline (Silero v6.0)"
+    models = {own: vad.MODEL_PATH, **({f"whisper_mlx, {alt[1]} in its place": alt[0]} if alt else {})}
+    texts: dict[str, list[str]] = {name: [] for name in [*models, fw]}
+    shipped = vad.MODEL_PATH
     for _, audio, _ in clips:
-        for name, vad in ((names[0], own_vad),
-                          (names[1], lambda a, _: faster_speech(a, FasterVadOptions(**FW_BATCHED_VAD)))):
-            batched.get_speech_timestamps = vad
+        for name, onnx in models.items():
+            vad.MODEL_PATH = onnx
+            vad._session.cache_clear()
             try:
                 texts[name].append(whisper_mlx.transcribe(audio, model=ours, batch_size=8, vad_filter=True,
                                                           temperature=0.0)["text"])
             finally:
-                batched.get_speech_timestamps = own_vad
+                vad.MODEL_PATH = shipped
+                vad._session.cache_clear()
         segments, _ = pipe.transcribe(audio, batch_size=8, beam_size=1, temperature=0.0)
-        texts[names[2]].append("".join(s.text for s in segments))
+        texts[fw].append("".join(s.text for s in segments))
     truth = [t for _, _, t in clips]
     return {"wer": {name: {"bench_long": round(corpus_wer([(truth[0], got[0])]), 2),
                            "short clips": round(corpus_wer(list(zip(truth[1:], got[1:]))), 2)}
                     for name, got in texts.items()},
-            "same_text_with_same_regions": texts[names[1]][0] == texts[names[2]][0]}
+            "same_text_as_faster_whisper": {"bench_long": texts[own][0] == texts[fw][0],
+                                            "short clips": texts[own][1:] == texts[fw][1:]}}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--family", nargs="+", default=["tiny.en", "base"])
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--alt-onnx", type=Path, default=None, help="another Silero sequence export to compare")
+    p.add_argument("--alt-name", default="another Silero model", help="its name in the table")
     p.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json")
     args = p.parse_args(argv)
     clips = _clips(args.cache)
-    results = {family: measure(family, clips, args.cache) for family in args.family}
+    alt = (args.alt_onnx.resolve(), args.alt_name) if args.alt_onnx else None
+    results = {family: measure(family, clips, args.cache, alt) for family in args.family}
     record = {"date": date.today().isoformat(), "git": git_revision(), "machine": machine(),
               "clips": [c for c, _, _ in clips], "results": results,
               "command": "python -m benchmarks.vad_models " + " ".join(sys.argv[1:] if argv is None else argv)}
@@ -95,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     for family, result in results.items():
         for name, row in result["wer"].items():
             lines.append(f"| {family} | {name} | {row['bench_long']} | {row['short clips']} |")
-    lines += ["", "Same regions, same text on bench_long (whisper_mlx with faster-whisper's regions against "
-              "faster-whisper): " + ", ".join(f"{f} {'yes' if r['same_text_with_same_regions'] else 'no'}"
-                                              for f, r in results.items()) + ".", "",
+    lines += ["", "whisper_mlx with its VAD, the same text as faster-whisper: " + "; ".join(
+              f"{f}: " + ", ".join(f"{clip} {'yes' if same else 'no'}" for clip, same in
+                                   r["same_text_as_faster_whisper"].items()) for f, r in results.items()) + ".", "",
               f"Short clips: {', '.join(c for c, _, _ in clips[1:])}. Greedy, batch 8, no temperature fallback "
               "beyond temperature 0, WER on lowercased words without punctuation (`zoo.gates.wer`)."]
     text = "\n".join(lines) + "\n"

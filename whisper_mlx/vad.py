@@ -1,8 +1,10 @@
 """Voice activity detection: Silero VAD v6 on onnxruntime, faster-whisper's speech-region rules,
 and the maps from time in cut (speech-only) audio back to time in the original audio.
 
-The model is Silero's own "sequence" export (assets/silero_vad_16k_sequence.onnx, from the
-`silero-vad` 6.2.3 package, MIT licence: assets/silero_vad_LICENSE.txt): the streaming network
+The model is Silero VAD v6.0 (MIT licence: assets/silero_vad_LICENSE.txt) in the "sequence" form
+faster-whisper 1.2 bundles (assets/silero_vad_v6.onnx, its `silero_vad_v6.onnx`, MIT:
+assets/faster_whisper_LICENSE.txt), the same model and file as faster-whisper's VAD, so the speech
+regions, and batched transcription's chunks, are faster-whisper's: the streaming network
 (STFT, convolutional encoder, LSTM, one speech probability per 512-sample frame at 16 kHz, each
 frame seeing the previous frame's last 64 samples) run over many frames per call, the LSTM state
 carried between calls (also across the blocks of a file decoded piece by piece:
@@ -32,7 +34,7 @@ SAMPLE_RATE = 16000
 FRAME_SAMPLES = 512  # one speech probability per 32 ms frame
 CONTEXT_SAMPLES = 64  # each frame is fed with the previous frame's last 64 samples before it
 BLOCK_FRAMES = 1024  # frames per onnxruntime call: few Python round trips, bounded memory
-MODEL_PATH = Path(__file__).parent / "assets" / "silero_vad_16k_sequence.onnx"
+MODEL_PATH = Path(__file__).parent / "assets" / "silero_vad_v6.onnx"
 INSTALL_HINT = 'pip install "whisper-mlx[vad]"'
 _STATE_SHAPE = (1, 1, 128)  # the LSTM's hidden and cell state
 
