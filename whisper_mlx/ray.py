@@ -193,7 +193,6 @@ class Transcriber:
         return pa.table(columns)
 
 
-
 class TaskTranscriber(Transcriber):
     """`Transcriber` over tasks: a row is one task, a list of paths (column `paths`), and each of
     them comes out as its own row (column `path`). With `batch_size=1`, Ray Data hands every task
