@@ -25,7 +25,6 @@ from pathlib import Path
 from benchmarks.core import DEFAULT_CACHE, git_revision, machine, write_atomic
 
 
-
 def _clips(cache: Path) -> list[tuple[str, object, str]]:
     """(id, 16 kHz samples, known text): bench_long, then the short English clips."""
     from benchmarks.cpu import prepare_clip
