@@ -1,0 +1,60 @@
+"""Probe (not shipped): with PROBE_LOG set and this folder first on PYTHONPATH, every Python process
+(the corpus driver, Ray's workers) appends "<unix time> <pid> <event>" lines to PROBE_LOG: its
+start, and the start and end of a few calls of whisper_mlx's corpus path. For reading where the
+time before a corpus pass's first rows goes (scripts/device/corpus_startup.sh)."""
+
+import builtins
+import os
+import sys
+import time
+
+LOG = os.environ.get("PROBE_LOG")
+# module -> (attribute path, ...) wrapped once the module has finished importing
+WATCH = {
+    "ray": ("init",),
+    "whisper_mlx.corpus": ("plan_tasks", "task_dataset", "_write"),
+    "whisper_mlx.ray": ("Transcriber.__init__", "TaskTranscriber.__call__"),
+    "whisper_mlx.load": ("load_model",),
+}
+
+
+def _log(event: str) -> None:
+    with open(LOG, "a") as f:
+        f.write(f"{time.time():.3f} {os.getpid()} {event}\n")
+
+
+def _wrap(owner, name: str, label: str) -> None:
+    inner = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        _log(f"{label} start")
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _log(f"{label} end")
+
+    setattr(owner, name, timed)
+
+
+if LOG:
+    _log("python " + " ".join(a.rsplit("/", 1)[-1] for a in sys.argv[:3])[:100])
+    _done: set[str] = set()
+    _import = builtins.__import__
+
+    def _patching_import(name, *args, **kwargs):
+        module = _import(name, *args, **kwargs)
+        for watched, attrs in WATCH.items():
+            mod = sys.modules.get(watched)
+            last = attrs[-1].split(".")[0]
+            if watched in _done or mod is None or not hasattr(mod, last):
+                continue
+            _done.add(watched)
+            for attr in attrs:
+                *path, leaf = attr.split(".")
+                owner = mod
+                for part in path:
+                    owner = getattr(owner, part)
+                _wrap(owner, leaf, f"{watched.rsplit('.', 1)[-1]}.{attr}")
+        return module
+
+    builtins.__import__ = _patching_import
