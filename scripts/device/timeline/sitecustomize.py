@@ -4,6 +4,7 @@ start, and the start and end of a few calls of whisper_mlx's corpus path. For re
 time before a corpus pass's first rows goes (scripts/device/corpus_startup.sh)."""
 
 import builtins
+import functools
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ WATCH = {
     "whisper_mlx.ray": ("Transcriber.__init__", "TaskTranscriber.__call__"),
     "whisper_mlx.load": ("load_model",),
 }
+GENERATORS = {"whisper_mlx.batched": ("transcribe_many",)}  # logged at their first item and their end
 
 
 def _log(event: str) -> None:
@@ -23,15 +25,40 @@ def _log(event: str) -> None:
         f.write(f"{time.time():.3f} {os.getpid()} {event}\n")
 
 
+def _size(args) -> str:
+    """A task's size, for TaskTranscriber.__call__(self, batch)."""
+    try:
+        return f" ({sum(len(task) for task in args[1]['paths'])} files)"
+    except Exception:
+        return ""
+
+
 def _wrap(owner, name: str, label: str) -> None:
     inner = getattr(owner, name)
 
+    @functools.wraps(inner)
     def timed(*args, **kwargs):
-        _log(f"{label} start")
+        _log(f"{label} start{_size(args)}")
         try:
             return inner(*args, **kwargs)
         finally:
             _log(f"{label} end")
+
+    setattr(owner, name, timed)
+
+
+def _wrap_generator(owner, name: str, label: str) -> None:
+    inner = getattr(owner, name)
+
+    @functools.wraps(inner)
+    def timed(*args, **kwargs):
+        first = True
+        for item in inner(*args, **kwargs):
+            if first:
+                _log(f"{label} first item")
+                first = False
+            yield item
+        _log(f"{label} end")
 
     setattr(owner, name, timed)
 
@@ -43,7 +70,7 @@ if LOG:
 
     def _patching_import(name, *args, **kwargs):
         module = _import(name, *args, **kwargs)
-        for watched, attrs in WATCH.items():
+        for watched, attrs in [*WATCH.items(), *GENERATORS.items()]:
             mod = sys.modules.get(watched)
             last = attrs[-1].split(".")[0]
             if watched in _done or mod is None or not hasattr(mod, last):
@@ -54,7 +81,8 @@ if LOG:
                 owner = mod
                 for part in path:
                     owner = getattr(owner, part)
-                _wrap(owner, leaf, f"{watched.rsplit('.', 1)[-1]}.{attr}")
+                wrap = _wrap_generator if watched in GENERATORS else _wrap
+                wrap(owner, leaf, f"{watched.rsplit('.', 1)[-1]}.{attr}")
         return module
 
     builtins.__import__ = _patching_import
