@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the corpus passes (a corpus too long to also run in one process within the time)")
     p.add_argument("--note", default="", help="a line for the results file (what else ran on the machine)")
     args = p.parse_args(argv)
-    if not (0 <= args.files <= 10000 and 0 <= args.long <= 100 and args.files + args.long >= 1
+    if not (0 <= args.files <= 10000 and 0 <= args.long <= 1000 and args.files + args.long >= 1
             and 1 <= args.rounds <= 10 and all(1 <= w <= 64 for w in args.workers)):
-        p.error("--files 0-10000, --long 0-100 (at least one file), --rounds 1-10, --workers 1-64")
+        p.error("--files 0-10000, --long 0-1000 (at least one file), --rounds 1-10, --workers 1-64")
 
     model = str(Path(args.model).resolve()) if args.model else str(whisper_mlx_dir("tiny.en", "fp32", args.cache))
     specs = load_specs()

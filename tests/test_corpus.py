@@ -288,6 +288,26 @@ def test_tasks_by_duration_longest_first():
     assert [len(g) for g in plan_tasks(paths, durations, 4, 1, files_per_task=16)] == [16, 16, 11]
 
 
+def test_durations_for_planning(tmp_path, corpus):
+    """The tasks' durations: a PCM WAV file's from its header, equal to its decoded length; a
+    float WAV (which the header reader refuses) through FFmpeg; a file that is no audio, 0."""
+    import struct
+
+    import numpy as np
+
+    from whisper_mlx.corpus import _duration
+
+    _, paths, _, bad = corpus
+    pcm = next(p for p in paths if p != bad)
+    assert _duration(pcm) == pytest.approx(load_audio(pcm).size / 16000, abs=1e-3)
+    samples = np.zeros(16000 * 3 // 2, np.float32)  # 1.5 s of 32-bit float samples, format tag 3
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + samples.nbytes, b"WAVE", b"fmt ", 16, 3, 1, 16000,
+                         64000, 4, 32, b"data", samples.nbytes)
+    (tmp_path / "float.wav").write_bytes(header + samples.tobytes())
+    assert _duration(str(tmp_path / "float.wav")) == pytest.approx(1.5, abs=0.01)
+    assert _duration(bad) == 0.0
+
+
 def test_tasks_reach_gpu_actors_whole(tiny_en_fp32_dir, corpus, reference):
     """The run's pipeline with actors that ask for a GPU (ray_remote_args(gpu=True)), on a local
     cluster that declares one GPU (Ray counts it; the model computes on the CPU here): Ray Data

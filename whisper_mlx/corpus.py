@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -174,9 +175,17 @@ def plan_tasks(paths: Sequence[str], durations: Mapping[str, float], batch_size:
 
 def _duration(path: str) -> float:
     """The container's declared duration (0 when it cannot say): for the tasks' sizes and the
-    progress bar, never for a result."""
+    progress bar, never for a result. A PCM WAV file's header is read directly (microseconds;
+    opening the container with FFmpeg takes milliseconds, which thousands of files make seconds
+    before the first task); other files, and WAV files the header reader refuses, through FFmpeg."""
     from .audio import _probe_duration
 
+    if path.lower().endswith(".wav"):
+        try:
+            with wave.open(path) as f:
+                return f.getnframes() / f.getframerate()
+        except Exception:
+            pass
     try:
         return _probe_duration(path) or 0.0
     except Exception:
@@ -424,14 +433,17 @@ def task_dataset(groups: list[list[str]], constructor: dict, workers: int, need:
     """The Ray Data pipeline of a run: one row per task (its paths), each handed whole to one call
     of an actor pool of `workers` `TaskTranscriber`s asking for `need` (`ray_remote_args`); one
     row per file comes out. batch_size=1 keeps a task whole on GPU actors too, which Ray Data
-    refuses without a batch size."""
+    refuses without a batch size. A task goes to an actor only when it is free (one task in
+    flight each, not Ray Data's default two): a task's row is a few paths, so nothing is gained
+    by queueing it early, and a task queued behind another on a busy actor would finish last
+    while the other actors stand idle at the end of the run."""
     import ray.data
 
     from .ray import TaskTranscriber
 
     return ray.data.from_items([{"paths": group} for group in groups], override_num_blocks=len(groups)).map_batches(
         TaskTranscriber, fn_constructor_kwargs=constructor, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers), **need)
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1), **need)
 
 
 def _write(ds, durations: dict[str, float], output: Output, subtitles: Subtitles, skipped: int) -> int:
