@@ -1,7 +1,7 @@
 """Probe (not shipped): with PROBE_LOG set and this folder first on PYTHONPATH, every Python process
 (the corpus driver, Ray's workers) appends "<unix time> <pid> <event>" lines to PROBE_LOG: its
 start, and the start and end of a few calls of whisper_mlx's corpus path. For reading where the
-time before a corpus pass's first rows goes (scripts/device/corpus_startup.sh)."""
+time before a corpus pass's first rows goes (scripts/device/corpus_startup.sh, corpus_first_rows.sh)."""
 
 import builtins
 import functools
